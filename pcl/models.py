@@ -1,0 +1,132 @@
+"""Pre-activation WideResNet (Zagoruyko & Komodakis 2016) and the SupCon wrapper.
+
+Probe taps (for prediction depth), in forward order, each global-average-pooled:
+``stem``; for every residual block ``gG.bB.pre`` (after the block's first BN-ReLU),
+``gG.bB.mid`` (after its second BN-ReLU, inside the block) and ``gG.bB.out`` (the block output);
+``penultimate`` (after the final BN-ReLU: the feature); ``logits``.
+WRN-16-2 has 1 + 6x3 + 2 = 21 taps.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Block(nn.Module):
+    """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus (1x1 conv) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = (nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+                         if cin != cout or stride != 1 else None)
+
+    def forward(self, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
+        o = F.relu(self.bn1(x))
+        y = F.relu(self.bn2(self.conv1(o)))
+        if taps is not None:
+            taps.append(o)
+            taps.append(y)
+        y = self.conv2(y)
+        out = y + (self.shortcut(o) if self.shortcut is not None else x)
+        if taps is not None:
+            taps.append(out)
+        return out
+
+
+class WideResNet(nn.Module):
+    """Pre-activation WRN-depth-width with a linear classifier ``fc``."""
+
+    def __init__(self, depth: int = 16, width: int = 2, num_classes: int = 10) -> None:
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n+4 with n >= 1; got {depth}")
+        n = (depth - 4) // 6
+        widths = [16 * width, 32 * width, 64 * width]
+        self.depth, self.width = depth, width
+        self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        groups, cin = [], 16
+        for gi, (cout, stride) in enumerate(zip(widths, (1, 2, 2))):
+            blocks = [Block(cin if b == 0 else cout, cout, stride if b == 0 else 1) for b in range(n)]
+            groups.append(nn.Sequential(*blocks))
+            cin = cout
+        self.groups = nn.ModuleList(groups)
+        self.bn = nn.BatchNorm2d(cin)
+        self.feature_dim = cin
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def tap_names(self) -> list[str]:
+        names = ["stem"]
+        for gi, g in enumerate(self.groups):
+            for bi in range(len(g)):
+                names += [f"g{gi}.b{bi}.{t}" for t in ("pre", "mid", "out")]
+        return names + ["penultimate", "logits"]
+
+    def _trunk(self, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
+        x = self.stem(x)
+        if taps is not None:
+            taps.append(x)
+        for g in self.groups:
+            for block in g:
+                x = block(x, taps)
+        return F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled penultimate feature, (B, 64*width)."""
+        return self._trunk(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self._trunk(x))
+
+    def forward_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Pooled representation at every probe tap (see :meth:`tap_names`), one forward pass."""
+        raw: list = []
+        feat = self._trunk(x, raw)
+        pooled = [F.adaptive_avg_pool2d(t, 1).flatten(1) for t in raw]
+        return pooled + [feat, self.fc(feat)]
+
+
+class SupConNet(nn.Module):
+    """A WRN encoder (``net``; its ``fc`` is the linear-evaluation classifier) + projection head."""
+
+    def __init__(self, depth: int = 16, width: int = 2, num_classes: int = 10,
+                 proj_dim: int = 128) -> None:
+        super().__init__()
+        self.net = WideResNet(depth, width, num_classes)
+        f = self.net.feature_dim
+        self.head = nn.Sequential(nn.Linear(f, f), nn.ReLU(inplace=True), nn.Linear(f, proj_dim))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised projection of the encoder feature (the SupCon embedding)."""
+        return F.normalize(self.head(self.net.features(x)).float(), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def wide_resnet(depth: int = 16, width: int = 2, num_classes: int = 10) -> WideResNet:
+    """The protocol's pre-activation WRN; WRN-16-2 with 10 classes has 691,674 parameters."""
+    return WideResNet(depth, width, num_classes)
+
+
+def build_model(cfg) -> nn.Module:
+    """The model a run config trains: WideResNet for CE, SupConNet for SupCon."""
+    if cfg.method == "ce":
+        return wide_resnet(cfg.depth, cfg.width, cfg.num_classes)
+    return SupConNet(cfg.depth, cfg.width, cfg.num_classes, cfg.proj_dim)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

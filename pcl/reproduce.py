@@ -1,0 +1,94 @@
+"""``make reproduce``: run every numbered notebook in order under papermill.
+
+    python -m pcl.reproduce [--profile auto|smoke|cpu|paper] [--dataset synthetic] [--data DIR]
+                            [--runs DIR] [--out DIR] [--only 01,02]
+
+Executed copies go to ``notebooks/executed/<profile>/`` (kept in git); figures to
+``figures/<profile>/``, tables to ``results/<profile>/``. A failing notebook stops the chain with
+its name and the failing cell's error; its partially executed copy is kept for inspection.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .config import PRESETS
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks, in the order they run."""
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_chain(profile: str = "auto", dataset: str | None = None, data_root: str | None = None,
+              runs: str = "runs", out: str | Path | None = None, figures: str = "figures",
+              results: str = "results", only: list[str] | None = None,
+              folder: Path = NOTEBOOK_DIR, kernel: str = "python3") -> list[Path]:
+    """Execute the notebooks with papermill; returns the executed copies' paths.
+
+    Raises ``RuntimeError`` naming the notebook and the failing cell's error.
+    """
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    from .study import resolve_preset_name
+
+    name, why = resolve_preset_name(profile)
+    if name not in PRESETS:
+        raise ValueError(f"unknown profile {name!r}; allowed: auto, {', '.join(PRESETS)}")
+    tag = name if dataset != "synthetic" else f"{name}-synthetic"
+    out = Path(out) if out is not None else folder / "executed" / tag
+    out.mkdir(parents=True, exist_ok=True)
+    params = {"preset": name, "dataset": dataset, "data_root": data_root, "runs": str(runs),
+              "figures": str(figures), "results": str(results)}
+    done = []
+    for nb in notebooks(folder):
+        if only and not any(nb.name.startswith(o) for o in only):
+            continue
+        target = out / nb.name
+        t0 = time.time()
+        print(f"[reproduce] {nb.name} ...", flush=True)
+        try:
+            pm.execute_notebook(str(nb), str(target), parameters=params, kernel_name=kernel,
+                                cwd=str(Path.cwd()), progress_bar=False, log_output=False)
+        except PapermillExecutionError as e:
+            raise RuntimeError(f"notebook {nb.name} failed in cell {e.exec_count}: {e.ename}: "
+                               f"{e.evalue}\n(partially executed copy kept at {target})") from None
+        print(f"[reproduce] {nb.name} done in {time.time() - t0:.0f} s -> {target}", flush=True)
+        done.append(target)
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--profile", default="auto")
+    ap.add_argument("--dataset", default=None, choices=[None, "synthetic"])
+    ap.add_argument("--data", default=None, help="CIFAR-10 root (default $PCL_DATA or ./data)")
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,04")
+    a = ap.parse_args(argv)
+    from .study import resolve_preset_name
+
+    name, why = resolve_preset_name(a.profile)
+    print(f"[reproduce] profile {name!r}: {why}", flush=True)
+    if name not in PRESETS:
+        print(f"[reproduce] unknown profile {name!r}; allowed: auto, {', '.join(PRESETS)}",
+              file=sys.stderr)
+        return 2
+    t0 = time.time()
+    try:
+        run_chain(name, a.dataset, a.data, a.runs, a.out, only=a.only.split(",") if a.only else None)
+    except RuntimeError as e:
+        print(f"[reproduce] FAILED: {e}", file=sys.stderr)
+        return 1
+    print(f"[reproduce] all notebooks done in {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
