@@ -43,11 +43,25 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-reproduce: setup
-	PCL_DATA=$(DATA) $(PY) -m pcl.reproduce --profile $(PROFILE) --data $(DATA) --runs $(RUNS)
+# PROFILE=auto: paper when a CUDA GPU answers nvidia-smi, else cpu; said on the first line
+GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+ifeq ($(PROFILE),auto)
+  RESOLVED := $(if $(GPU),paper,cpu)
+  WHY := $(if $(GPU),a CUDA GPU is present (nvidia-smi),no CUDA GPU found (nvidia-smi)); set PROFILE=smoke|cpu|paper to choose
+else
+  RESOLVED := $(PROFILE)
+  WHY := PROFILE=$(PROFILE) given
+endif
 
-figures: setup
-	PCL_DATA=$(DATA) $(PY) -m pcl.reproduce --profile $(PROFILE) --data $(DATA) --runs $(RUNS) --only 04,05,06,07,08,09
+reproduce:
+	@echo "[reproduce] profile '$(RESOLVED)': $(WHY)"
+	@$(MAKE) --no-print-directory setup
+	PCL_DATA=$(DATA) $(PY) -m pcl.reproduce --profile $(RESOLVED) --data $(DATA) --runs $(RUNS)
+
+figures:
+	@echo "[figures] profile '$(RESOLVED)': $(WHY)"
+	@$(MAKE) --no-print-directory setup
+	PCL_DATA=$(DATA) $(PY) -m pcl.reproduce --profile $(RESOLVED) --data $(DATA) --runs $(RUNS) --only 04,05,06,07,08,09
 
 bench: setup
 	$(PY) benchmarks/bench.py

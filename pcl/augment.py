@@ -88,11 +88,15 @@ def resized_crop_boxes(b: int, h: int, w: int, g: torch.Generator, device,
 
 def random_resized_crop(x: torch.Tensor, g: torch.Generator, size: int = 32,
                         scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
-    """Per-image random resized crop of float images, bilinear, in one ``roi_align`` call."""
+    """Per-image random resized crop of float images, bilinear, in one ``roi_align`` call.
+
+    One sample per output pixel (``sampling_ratio=1``, ``aligned=True``) is plain bilinear
+    interpolation, as torchvision's ``resized_crop`` (crops are upsampled here, so antialiasing
+    plays no part)."""
     b, _, h, w = x.shape
     boxes = resized_crop_boxes(b, h, w, g, x.device, scale, ratio)
     rois = torch.cat([torch.arange(b, device=x.device, dtype=x.dtype)[:, None], boxes.to(x.dtype)], 1)
-    return roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:

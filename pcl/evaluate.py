@@ -22,7 +22,7 @@ from .data import Dataset, load_for_config
 from .models import WideResNet
 from .store import RunStore
 from .study import plan
-from .train import _prep, default_device, load_model
+from .train import channels_last, default_device, load_model
 from . import augment
 
 Key = tuple  # (method, schedule, sparsity)
@@ -100,7 +100,7 @@ def tap_features(net: WideResNet, images: torch.Tensor, device: torch.device,
     net.eval()
     chunks: list[list[torch.Tensor]] = []
     for i in range(0, len(images), batch_size):
-        x = _prep(augment.eval_transform(images[i:i + batch_size].to(device)), device)
+        x = channels_last(augment.eval_transform(images[i:i + batch_size].to(device)))
         chunks.append([t.float().cpu() for t in net.forward_taps(x)])
     return [torch.cat(parts) for parts in zip(*chunks)]
 

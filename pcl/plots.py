@@ -196,8 +196,14 @@ def fig_schedules(runs: pd.DataFrame, counts: pd.DataFrame, sparsity: float,
     ncols = 3 if onset is not None and len(onset) else 2
     fig, axes = plt.subplots(1, ncols, figsize=(4.0 * ncols, 3.5))
     c = counts[(counts.sparsity == sparsity) & counts.schedule.isin(MAIN_SCHEDULES)]
-    sns.barplot(data=c, x="schedule", y="pies", hue="method", ax=axes[0], order=list(MAIN_SCHEDULES))
-    axes[0].set(title=f"PIEs @ {sparsity}", ylabel="number of PIEs")
+    for j, (m, g) in enumerate(c.groupby("method")):
+        g = g.set_index("schedule").reindex(list(MAIN_SCHEDULES))
+        x = np.arange(len(MAIN_SCHEDULES)) + (j - 0.5) * 0.4
+        yerr = np.abs(np.vstack([g.pies - g.ci_low, g.ci_high - g.pies])) if "ci_low" in g else None
+        axes[0].bar(x, g.pies, width=0.4, yerr=yerr, capsize=3, label=m)
+    axes[0].set_xticks(range(len(MAIN_SCHEDULES)), list(MAIN_SCHEDULES))
+    axes[0].set(title=f"PIEs @ {sparsity} (95% CI over seeds)", ylabel="number of PIEs")
+    axes[0].legend(fontsize=7)
     r = runs[(runs.sparsity == sparsity) & runs.schedule.isin(MAIN_SCHEDULES)]
     sns.barplot(data=r, x="schedule", y="test_acc", hue="method", ax=axes[1],
                 order=list(MAIN_SCHEDULES), errorbar=("ci", 95), seed=BOOT_SEED)

@@ -146,15 +146,14 @@ class Pruner:
                       for n in new}
 
     def after_step(self, step: int) -> None:
+        if self.masks:  # first undo what this optimiser step did to pruned weights
+            apply_masks(self.model, self.masks)
         if self.is_event(step):
             target = gmp_sparsity(step, self.begin, self.end, self.final)
             if target > 0:
                 self.prune_to(target)
                 apply_masks(self.model, self.masks)
                 self.events.append((step, target, sparsity(self.model, self.include)))
-                return
-        if self.masks:
-            apply_masks(self.model, self.masks)
 
     def state_dict(self) -> dict:
         return {"masks": {n: m.cpu() for n, m in self.masks.items()}, "events": self.events}

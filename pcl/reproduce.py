@@ -10,6 +10,7 @@ its name and the failing cell's error; its partially executed copy is kept for i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,8 +54,9 @@ def run_chain(profile: str = "auto", dataset: str | None = None, data_root: str 
         t0 = time.time()
         print(f"[reproduce] {nb.name} ...", flush=True)
         try:
-            pm.execute_notebook(str(nb), str(target), parameters=params, kernel_name=kernel,
-                                cwd=str(Path.cwd()), progress_bar=False, log_output=False)
+            # relative paths: papermill records them in the executed copy's metadata
+            pm.execute_notebook(os.path.relpath(nb), os.path.relpath(target), parameters=params,
+                                kernel_name=kernel, cwd=".", progress_bar=False, log_output=False)
         except PapermillExecutionError as e:
             raise RuntimeError(f"notebook {nb.name} failed in cell {e.exec_count}: {e.ename}: "
                                f"{e.evalue}\n(partially executed copy kept at {target})") from None

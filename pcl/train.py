@@ -43,6 +43,8 @@ def lr_at(step: int, total: int, base: float, schedule: str, milestones=()) -> f
 
 
 class StepHook(Protocol):
+    """Anything called after every optimiser step (``step`` counts from 1), e.g. a Pruner."""
+
     def after_step(self, step: int) -> None: ...
 
 
@@ -59,7 +61,7 @@ class Phase:
     momentum: float = 0.9
     nesterov: bool = False
     milestones: tuple = ()
-    hooks: list = field(default_factory=list)
+    hooks: list[StepHook] = field(default_factory=list)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -74,7 +76,10 @@ def _seed(*parts: int) -> int:
     return h
 
 
-def fit(model: nn.Module, params: list, split: Split, loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def fit(model: nn.Module, params: list, split: Split, loss_fn: LossFn,
         phase: Phase, seed: int, phase_id: int, device: torch.device,
         start_epoch: int = 0, opt_state: dict | None = None,
         on_epoch: Callable[[int, dict, torch.optim.Optimizer], None] | None = None,
@@ -133,14 +138,14 @@ def _autocast(device: torch.device):
         "cpu", enabled=False)
 
 
-def _prep(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def channels_last(x: torch.Tensor) -> torch.Tensor:
     """channels_last everywhere: faster on CUDA and, measured, on this project's CPUs too."""
     return x.contiguous(memory_format=torch.channels_last)
 
 
 def ce_loss_fn(model: nn.Module, device: torch.device, vflip: bool) -> Callable:
     def loss_fn(x, y, g):
-        x = _prep(augment.ce_augment(x, g, vflip), device)
+        x = channels_last(augment.ce_augment(x, g, vflip))
         with _autocast(device):
             logits = model(x)
         return F.cross_entropy(logits.float(), y)
@@ -150,7 +155,7 @@ def ce_loss_fn(model: nn.Module, device: torch.device, vflip: bool) -> Callable:
 def supcon_loss_fn(model: SupConNet, device: torch.device, temperature: float,
                    base_temperature: float) -> Callable:
     def loss_fn(x, y, g):
-        v = _prep(augment.supcon_augment(x, g), device)
+        v = channels_last(augment.supcon_augment(x, g))
         with _autocast(device):
             z = model.project(v)
         b = x.shape[0]
@@ -161,7 +166,7 @@ def supcon_loss_fn(model: SupConNet, device: torch.device, temperature: float,
 def linear_head_loss_fn(net: WideResNet, device: torch.device, vflip: bool) -> Callable:
     """CE on the frozen encoder's features (encoder in eval mode, no gradient through it)."""
     def loss_fn(x, y, g):
-        x = _prep(augment.ce_augment(x, g, vflip), device)
+        x = channels_last(augment.ce_augment(x, g, vflip))
         with torch.no_grad(), _autocast(device):
             f = net.features(x)
         return F.cross_entropy(net.fc(f.float()), y)
@@ -176,7 +181,7 @@ def predict(net: WideResNet, images: torch.Tensor, device: torch.device | str,
     net.eval()
     logits, feats = [], []
     for i in range(0, len(images), batch_size):
-        x = _prep(augment.eval_transform(images[i:i + batch_size].to(device)), device)
+        x = channels_last(augment.eval_transform(images[i:i + batch_size].to(device)))
         with _autocast(device):
             f = net.features(x)
             logits.append(net.fc(f).float().cpu())
