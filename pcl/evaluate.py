@@ -9,6 +9,7 @@ Populations are keyed by (method, schedule, sparsity); ``schedule`` is a config'
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections import defaultdict
 
@@ -186,7 +187,8 @@ def umap_subset(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def umap_of_run(cfg: RunConfig, store: RunStore, idx: np.ndarray, random_state: int = 0) -> np.ndarray:
     """2-D UMAP of one run's test features on images ``idx``; stored in the run folder."""
-    key = f"umap-n{len(idx)}-h{abs(hash(idx.tobytes())) % 10**8}-rs{random_state}"
+    digest = hashlib.sha256(np.ascontiguousarray(idx, dtype=np.int64).tobytes()).hexdigest()[:10]
+    key = f"umap-n{len(idx)}-{digest}-rs{random_state}"
 
     def compute() -> np.ndarray:
         feats = store.load_features(cfg).numpy()[idx]

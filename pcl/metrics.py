@@ -284,8 +284,8 @@ def knn_predict(
 ) -> np.ndarray:
     """Euclidean k-NN majority-vote classifier (torch, float32).
 
-    Squared distances are computed chunk-wise as ``||a||^2 - 2 a.b^T + ||b||^2``
-    (clamped at 0) so memory stays at ``chunk_size x n_train`` floats.  Votes
+    Squared distances are ranked chunk-wise as ``||b||^2 - 2 a.b^T`` (the row
+    constant ``||a||^2`` is dropped) so memory stays at ``chunk_size x n_train`` floats.  Votes
     are uniform; a tie between classes goes to the smallest class index (as in
     ``sklearn.neighbors.KNeighborsClassifier``).  Ties between equidistant
     neighbours are broken by ``torch.topk`` and are not guaranteed to match
@@ -320,12 +320,14 @@ def knn_predict(
 
     ytr = torch.as_tensor(y_np, device=dev)
     train_sq = (xtr * xtr).sum(dim=1)  # (n_train,)
+    xtr_t = xtr.T.contiguous()
     out = torch.empty(n_test, dtype=torch.int64, device=dev)
     with torch.no_grad():
         for start in range(0, n_test, chunk_size):
             q = xte[start : start + chunk_size]
-            d2 = (q * q).sum(dim=1, keepdim=True) - 2.0 * (q @ xtr.T) + train_sq[None, :]
-            d2.clamp_(min=0.0)
+            # ||b||^2 - 2 a.b: the per-row ||a||^2 does not change the ranking, so it is left
+            # out; one fused addmm, then top-k
+            d2 = torch.addmm(train_sq[None, :], q, xtr_t, beta=1.0, alpha=-2.0)
             idx = d2.topk(int(k), dim=1, largest=False, sorted=False).indices  # (b, k)
             nbr = ytr[idx]
             votes = torch.zeros(q.shape[0], c, dtype=torch.int64, device=dev)
@@ -409,7 +411,9 @@ def umap_embedding(
     min_dist: float = 0.1,
 ) -> np.ndarray:
     """2-D UMAP embedding (n, 2) of a feature matrix; deterministic for fixed ``random_state``."""
-    import umap  # lazy: slow import (numba)
+    with warnings.catch_warnings():  # umap's import pulls tqdm.auto, which warns in papermill
+        warnings.simplefilter("ignore")
+        import umap  # lazy: slow import (numba)
 
     x = _to_numpy(features).astype(np.float32, copy=False)
     if x.ndim != 2:

@@ -91,3 +91,33 @@ def test_image_bootstrap_hand_example():
 def test_seed_bootstrap_constant_statistic():
     preds = {("ce", "dense", 0.0): np.zeros((3, 5), int)}
     assert claims.seed_bootstrap(preds, lambda d: 7.0, 50) == (7.0, 7.0, 7.0)
+
+
+def test_seed_bootstrap_bias_correction_by_hand():
+    """The interval is the resamples' percentile interval shifted by (mean of resamples - point).
+
+    Reference: the same resamples drawn by hand with the same generator."""
+    preds = {("ce", "dense", 0.0): np.array([[0], [1], [1]])}
+    stat = lambda d: float(d[("ce", "dense", 0.0)].sum())  # noqa: E731
+    p, lo, hi = claims.seed_bootstrap(preds, stat, n_resamples=400, seed=3)
+    rng = np.random.default_rng(3)
+    vals = np.array([preds[("ce", "dense", 0.0)][rng.integers(0, 3, 3)].sum() for _ in range(400)])
+    bias = vals.mean() - 2.0
+    assert p == 2.0
+    assert lo == pytest.approx(np.quantile(vals, 0.025) - bias)
+    assert hi == pytest.approx(np.quantile(vals, 0.975) - bias)
+
+
+def test_umap_cached_under_a_stable_key(store, smoke, monkeypatch):
+    """The embedding is stored under a key that does not depend on the process (hash seed)."""
+    idx = np.array([0, 2, 3, 5])
+    cfg = smoke.run("ce", 0)
+    calls = []
+    monkeypatch.setattr(evaluate.metrics, "umap_embedding",
+                        lambda f, random_state=0: calls.append(1) or np.zeros((len(f), 2)))
+    evaluate.umap_of_run(cfg, store, idx)
+    evaluate.umap_of_run(cfg, store, idx)
+    assert len(calls) == 1
+    import hashlib
+    digest = hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:10]
+    assert (store.path(cfg) / "eval" / f"umap-n4-{digest}-rs0.pt").exists()
