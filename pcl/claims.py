@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import metrics
 from .config import Preset
-from .evaluate import Key, populations, predictions
+from .evaluate import Key, population_predictions
 from .store import RunStore
 
 HOLDS, FAILS, UNCLEAR = "holds", "does not hold", "cannot be told apart at this scale"
@@ -79,8 +79,7 @@ def _pies(preds: dict[Key, np.ndarray], key: Key, k: int) -> np.ndarray:
 
 def pie_count_intervals(preset: Preset, store: RunStore, n_resamples: int = 500) -> pd.DataFrame:
     """PIE count of every pruned population, with a 95% bootstrap interval over seeds."""
-    pops = populations(preset, store)
-    preds = {key: predictions(store, cfgs) for key, cfgs in pops.items()}
+    preds = population_predictions(preset, store)
     k = preset.ce.num_classes
     rows = []
     for key in preds:
@@ -101,8 +100,7 @@ def claims_table(preset: Preset, store: RunStore, qscores: pd.DataFrame | None =
     """T1: one row per claim and comparison, at the preset's headline sparsity."""
     s = preset.headline_sparsity
     k = preset.ce.num_classes
-    pops = populations(preset, store)
-    preds = {key: predictions(store, cfgs) for key, cfgs in pops.items()}
+    preds = population_predictions(preset, store)
     main = [sch for sch in preset.schedules]
     rows = []
 

@@ -17,14 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics
+from . import augment, metrics
 from .config import Preset, RunConfig
 from .data import Dataset, load_for_config
 from .models import WideResNet
 from .store import RunStore
 from .study import plan
 from .train import channels_last, default_device, load_model
-from . import augment
 
 Key = tuple  # (method, schedule, sparsity)
 
@@ -63,21 +62,25 @@ def predictions(store: RunStore, cfgs: list[RunConfig]) -> np.ndarray:
     return np.stack([store.load_logits(c).argmax(1).numpy() for c in cfgs])
 
 
+def population_predictions(preset: Preset, store: RunStore) -> dict[Key, np.ndarray]:
+    """(models, images) predictions of every finished population, loaded once."""
+    return {key: predictions(store, cfgs) for key, cfgs in populations(preset, store).items()}
+
+
 def pie_table(preset: Preset, store: RunStore, labels: np.ndarray) -> pd.DataFrame:
     """One row per test image per pruned population: modal labels, true label, PIE flag."""
-    pops = populations(preset, store)
+    preds = population_predictions(preset, store)
+    k = preset.ce.num_classes
     frames = []
-    for key, cfgs in pops.items():
-        if key[1] == "dense" or _dense_key(key) not in pops:
+    for key, pruned in preds.items():
+        if key[1] == "dense" or _dense_key(key) not in preds:
             continue
-        dense = predictions(store, pops[_dense_key(key)])
-        pruned = predictions(store, cfgs)
-        k = preset.ce.num_classes
+        dense = preds[_dense_key(key)]
         frames.append(pd.DataFrame({
             "method": key[0], "schedule": key[1], "sparsity": key[2], "image": np.arange(len(labels)),
             "label": labels, "dense_modal": metrics.modal_labels(dense, k),
             "pruned_modal": metrics.modal_labels(pruned, k),
-            "pie": metrics.pie_mask(dense, pruned, k), "models": len(cfgs)}))
+            "pie": metrics.pie_mask(dense, pruned, k), "models": len(pruned)}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
