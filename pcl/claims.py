@@ -56,21 +56,12 @@ def seed_bootstrap(preds: dict[Key, np.ndarray], stat: Callable[[dict[Key, np.nd
 
 def image_bootstrap(values: np.ndarray, groups: np.ndarray, n_resamples: int = 1000, seed: int = 0,
                     confidence: float = 0.95) -> tuple[float, float, float]:
-    """(point, low, high) of mean(values[groups]) - mean(values[~groups]), images resampled."""
+    """(point, low, high) of mean(values[groups]) - mean(values[~groups]) over test images
+    (non-finite values dropped), by :func:`pcl.metrics.bootstrap_diff_ci`."""
     values, groups = np.asarray(values, float), np.asarray(groups, bool)
     ok = np.isfinite(values)
-    values, groups = values[ok], groups[ok]
-    if groups.sum() < 2 or (~groups).sum() < 2:
-        return float("nan"), float("nan"), float("nan")
-    diff = lambda v, g: v[g].mean() - v[~g].mean()  # noqa: E731
-    rng = np.random.default_rng(seed)
-    vals = np.empty(n_resamples)
-    for i in range(n_resamples):
-        idx = rng.integers(0, len(values), len(values))
-        g = groups[idx]
-        vals[i] = diff(values[idx], g) if g.any() and (~g).any() else np.nan
-    a = (1 - confidence) / 2
-    return float(diff(values, groups)), float(np.nanquantile(vals, a)), float(np.nanquantile(vals, 1 - a))
+    return metrics.bootstrap_diff_ci(values[ok & groups], values[ok & ~groups], n_resamples,
+                                     confidence, seed)
 
 
 def _pies(preds: dict[Key, np.ndarray], key: Key, k: int) -> np.ndarray:
