@@ -56,12 +56,11 @@ endif
 reproduce:
 	@echo "[reproduce] profile '$(RESOLVED)': $(WHY)"
 	@$(MAKE) --no-print-directory setup
-	PCL_DATA=$(DATA) $(PY) -m pcl.reproduce --profile $(RESOLVED) --data $(DATA) --runs $(RUNS)
+	PCL_DATA=$(DATA) $(PY) -m pcl.reproduce --profile $(RESOLVED) --data $(DATA) --runs $(RUNS) $(if $(ONLY),--only $(ONLY))
 
+# the analysis notebooks only, on the stored runs
 figures:
-	@echo "[figures] profile '$(RESOLVED)': $(WHY)"
-	@$(MAKE) --no-print-directory setup
-	PCL_DATA=$(DATA) $(PY) -m pcl.reproduce --profile $(RESOLVED) --data $(DATA) --runs $(RUNS) --only 04,05,06,07,08,09
+	@$(MAKE) --no-print-directory reproduce ONLY=04,05,06,07,08,09
 
 bench: setup
 	$(PY) benchmarks/bench.py
