@@ -2,11 +2,14 @@
 
 Images are returned as ``(N, 3, 32, 32)`` uint8 tensors and ``(N,)`` int64 labels, in CIFAR-10's
 canonical class order. Decoding happens once; the result is cached next to the data as a ``.pt``
-file (written atomically) so that later loads take seconds.
+file (written atomically) so that later loads take seconds. The cache of an image-folder export is
+used only while its per-class image counts match the folder's (an export that gained or lost files
+is decoded again, with a warning); an image that cannot be decoded is an error naming its file.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +60,48 @@ def _atomic_torch_save(obj, path: Path) -> None:
     atomic_save(obj, path)
 
 
-def _load_folder_split(root: Path, split: str) -> Split:
+def _image_files(d: Path) -> list[Path]:
+    """The .png/.jpg files of one class folder, in name order (the order images are read in)."""
+    return sorted(p for p in d.iterdir() if p.suffix.lower() in _EXTS)
+
+
+def folder_counts(root: str | Path) -> dict[str, list[int]]:
+    """Images per class (canonical order) in ``root/train`` and ``root/test`` of an image-folder
+    export, counted from file names without decoding (a missing class folder counts 0)."""
+    root = Path(root)
+    return {split: [len(_image_files(root / split / c)) if (root / split / c).is_dir() else 0
+                    for c in CLASSES] for split in ("train", "test")}
+
+
+def _split_counts(labels: torch.Tensor) -> list[int]:
+    return torch.bincount(labels, minlength=len(CLASSES)).tolist()
+
+
+def _count_mismatch(blob: dict, counts: dict[str, list[int]]) -> str | None:
+    """Where a cached dataset's per-class counts differ from the folder's, or None."""
+    for split, want in counts.items():
+        have = _split_counts(blob[split][1])
+        if len(have) != len(want):
+            return f"{split} has {len(want)} classes, the cache {len(have)}"
+        for cls, h, w in zip(CLASSES, have, want):
+            if h != w:
+                return f"{split}/{cls} has {w} images, the cache {h}"
+    return None
+
+
+def _decode(f: Path) -> np.ndarray:
+    """One image as HWC uint8 RGB; a file PIL cannot read is a :class:`DataError` naming it."""
     from PIL import Image
 
+    try:
+        with Image.open(f) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:  # truncated, corrupt, or not an image at all
+        raise DataError(f"cannot decode image {f} ({type(e).__name__}: {e}); the file is truncated "
+                        "or corrupt: export it again, or delete it") from e
+
+
+def _load_folder_split(root: Path, split: str) -> Split:
     base = root / split
     missing = [c for c in CLASSES if not (base / c).is_dir()]
     if missing:
@@ -67,12 +109,11 @@ def _load_folder_split(root: Path, split: str) -> Split:
                         f"class; missing {missing}")
     images, labels = [], []
     for label, cls in enumerate(CLASSES):
-        files = sorted(p for p in (base / cls).iterdir() if p.suffix.lower() in _EXTS)
+        files = _image_files(base / cls)
         if not files:
             raise DataError(f"no .png/.jpg images in {base / cls}")
         for f in files:
-            with Image.open(f) as im:
-                arr = np.asarray(im.convert("RGB"))
+            arr = _decode(f)
             if arr.shape != (32, 32, 3):
                 raise DataError(f"{f} is {arr.shape[1]}x{arr.shape[0]}, CIFAR-10 images are 32x32")
             images.append(arr)
@@ -118,9 +159,16 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto",
     if cache.exists():
         try:
             blob = torch.load(cache, weights_only=True)
-            return Dataset(Split(*blob["train"]), Split(*blob["test"]), f"cifar10-{source}")
+            cached = Dataset(Split(*blob["train"]), Split(*blob["test"]), f"cifar10-{source}")
+            stale = _count_mismatch(blob, folder_counts(root)) if source == "folder" else None
         except Exception:  # a damaged cache is rebuilt, never used
-            cache.unlink()
+            cached, stale = None, None
+        if cached is not None and stale is None:
+            return cached
+        if stale is not None:
+            warnings.warn(f"the cached {cache} does not match the image folder {root} ({stale}); "
+                          "decoding the folder again", stacklevel=2)
+        cache.unlink(missing_ok=True)
     if source == "folder":
         train, test = _load_folder_split(root, "train"), _load_folder_split(root, "test")
     else:

@@ -17,26 +17,35 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import augment, metrics
-from .config import Preset, RunConfig
+from . import metrics
+from .config import Preset, RunConfig, resolve_device
 from .data import Dataset, load_for_config
-from .models import WideResNet
+from .models import WideResNet, eval_forward
+from .schedules import get as get_schedule
 from .store import RunStore
-from .study import plan
-from .train import channels_last, default_device, load_model
+from .study import onset_configs, plan
+from .train import load_model
 
 Key = tuple  # (method, schedule, sparsity)
 
 
+def population_key(preset: Preset, cfg: RunConfig) -> Key:
+    """(method, schedule, sparsity); dense runs with seeds >= preset.seeds form the noise-floor
+    population (method, 'floor', 0.0)."""
+    sch = "floor" if cfg.pruning == "none" and cfg.seed >= preset.seeds else cfg.schedule
+    return (cfg.method, sch, cfg.sparsity)
+
+
 def populations(preset: Preset, store: RunStore | None = None) -> dict[Key, list[RunConfig]]:
-    """Every population of the study, its configs ordered by seed.
+    """Every population of the study, its configs ordered by seed; the noise floor's second dense
+    population is keyed (method, 'floor', 0.0).
 
     With ``store``, only finished runs are kept (and empty populations dropped).
     """
     out: dict[Key, list[RunConfig]] = defaultdict(list)
     for c in plan(preset):
         if store is None or store.is_done(c):
-            out[(c.method, c.schedule, c.sparsity)].append(c)
+            out[population_key(preset, c)].append(c)
     return {k: sorted(v, key=lambda c: c.seed) for k, v in out.items() if v}
 
 
@@ -97,16 +106,10 @@ def qscore_table(preset: Preset, store: RunStore, labels: np.ndarray) -> pd.Data
 
 
 # ------------------------------------------------------------------------------------------------
-@torch.no_grad()
 def tap_features(net: WideResNet, images: torch.Tensor, device: torch.device,
-                 batch_size: int = 1000) -> list[torch.Tensor]:
+                 batch_size: int | None = None) -> list[torch.Tensor]:
     """Pooled representation at every probe tap, for all ``images`` (list over taps, on CPU)."""
-    net.eval()
-    chunks: list[list[torch.Tensor]] = []
-    for i in range(0, len(images), batch_size):
-        x = channels_last(augment.eval_transform(images[i:i + batch_size].to(device)))
-        chunks.append([t.float().cpu() for t in net.forward_taps(x)])
-    return [torch.cat(parts) for parts in zip(*chunks)]
+    return eval_forward(net, images, device, net.forward_taps, batch_size)
 
 
 def probe_predictions(cfg: RunConfig, store: RunStore, data: Dataset, k: int = 30,
@@ -115,7 +118,7 @@ def probe_predictions(cfg: RunConfig, store: RunStore, data: Dataset, k: int = 3
 
     Stored in the run folder as ``eval/probes-k{k}-n{train_images}.pt``; computed once.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     n = len(data.train) if train_images is None else min(train_images, len(data.train))
 
     def compute() -> np.ndarray:
@@ -164,14 +167,26 @@ def depth_table(preset: Preset, store: RunStore, data: Dataset, device=None,
     return pd.concat(frames, ignore_index=True)
 
 
+def onset_begins(preset: Preset) -> dict[str, float]:
+    """Schedule label -> GMP begin of every point of the onset curve: the sweep's configs, and
+    each of the preset's schedules whose window has the sweep's duration (gmp_early)."""
+    out = {}
+    for name in preset.schedules:
+        w = get_schedule(name).window(preset.run(preset.methods[0], 0, name, preset.onset_sparsity))
+        if w is not None and abs((w[1] - w[0]) - preset.onset_duration) < 1e-9:
+            out[name] = w[0]
+    for c in onset_configs(preset, preset.methods[0], 0):
+        out[c.schedule] = c.gmp_window[0]
+    return out
+
+
 def onset_table(runs: pd.DataFrame, counts: pd.DataFrame, preset: Preset) -> pd.DataFrame:
     """The pruning-onset curve at ``onset_sparsity``: one row per (method, begin) with the mean
     accuracy and the PIE count; gmp_early (same duration) is the earliest point."""
     s = preset.onset_sparsity
     acc = runs[runs.sparsity == s].groupby(["method", "schedule"], as_index=False).test_acc.mean()
     d = acc.merge(counts[counts.sparsity == s], on=["method", "schedule"])
-    begins = {f"gmp@{b:.2f}-{min(1.0, b + preset.onset_duration):.2f}": b for b in preset.onset_begins}
-    begins["gmp_early"] = 0.0125
+    begins = onset_begins(preset)
     d = d[d.schedule.isin(begins)].assign(begin=lambda x: x.schedule.map(begins))
     return d[["method", "schedule", "begin", "sparsity", "pies", "test_acc"]].sort_values(
         ["method", "begin"], ignore_index=True)
@@ -198,3 +213,87 @@ def umap_of_run(cfg: RunConfig, store: RunStore, idx: np.ndarray, random_state: 
         return metrics.umap_embedding(feats, random_state=random_state)
 
     return np.asarray(store.artifact(cfg, key, compute))
+
+
+# ------------------------------------------------------------------------------------------------
+#: Columns of ``images.csv`` (:func:`images_table`), in order; the README documents each one.
+IMAGE_COLUMNS = ("method", "schedule", "sparsity", "image", "label", "dense_modal", "pruned_modal",
+                 "dense_share", "pruned_share", "pie", "dense_ties", "pruned_ties", "qscore_dense",
+                 "qscore_pruned", "depth_dense", "depth_pruned", "models", "dense_models")
+
+
+def _votes(preds: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(modal label, share of models voting for it, whether the top vote was tied) per image."""
+    modal = metrics.modal_labels(preds, num_classes)
+    counts = np.stack([(preds == c).sum(0) for c in range(num_classes)], axis=1)  # (images, k)
+    top = counts.max(1)
+    return modal, top / preds.shape[0], (counts == top[:, None]).sum(1) > 1
+
+
+def _per_image(table: pd.DataFrame | None, column: str, n: int) -> dict[Key, np.ndarray]:
+    """``table[column]`` as one length-``n`` array per (method, schedule, sparsity), NaN where
+    an image has no row."""
+    out: dict[Key, np.ndarray] = {}
+    if table is None or len(table) == 0:
+        return out
+    missing = {"method", "schedule", "sparsity", "image", column} - set(table.columns)
+    if missing:
+        raise ValueError(f"table for {column!r} lacks columns {sorted(missing)}")
+    for (m, sch, s), g in table.groupby(["method", "schedule", "sparsity"]):
+        img = g["image"].to_numpy()
+        if img.size and (img.min() < 0 or img.max() >= n):
+            raise ValueError(f"{column!r} table: images of ({m}, {sch}, {s}) outside 0..{n - 1}")
+        arr = np.full(n, np.nan)
+        arr[img] = g[column].to_numpy(dtype=float)
+        out[(m, sch, round(float(s), 6))] = arr
+    return out
+
+
+def images_table(preds: dict[Key, np.ndarray], labels: np.ndarray, num_classes: int,
+                 qscores: pd.DataFrame | None = None, depths: pd.DataFrame | None = None
+                 ) -> pd.DataFrame:
+    """``images.csv``: one row per (test image, configuration compared with its method's dense
+    population), columns :data:`IMAGE_COLUMNS`; the one source of per-image numbers that the
+    gallery (F9) and the claims read.
+
+    Configurations: every key of ``preds`` (from :func:`population_predictions`) except 'dense'
+    whose method has a dense population; this includes the noise floor (schedule 'floor').
+    Shares are the fraction of a population's models voting for its modal label; ties are
+    broken to the smallest class (as :func:`pcl.metrics.modal_labels`) and flagged. Q-Score and
+    prediction depth are population means from :func:`qscore_table` ('qscore') and
+    :func:`depth_table` ('depth'); NaN where not given or not computed (depth covers dense and
+    the headline sparsity only).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D (images,); got shape {labels.shape}")
+    n = len(labels)
+    for key, p in preds.items():
+        if np.ndim(p) != 2 or np.shape(p)[1] != n or np.shape(p)[0] < 1:
+            raise ValueError(f"predictions of {key} must be (models >= 1, {n} images); "
+                             f"got shape {np.shape(p)}")
+    q = _per_image(qscores, "qscore", n)
+    d = _per_image(depths, "depth", n)
+    nan = np.full(n, np.nan)
+
+    def look(t: dict[Key, np.ndarray], key: Key) -> np.ndarray:
+        return t.get((key[0], key[1], round(float(key[2]), 6)), nan)
+
+    frames = []
+    for key in sorted(preds, key=lambda k: (k[0], k[1], float(k[2]))):
+        dk = _dense_key(key)
+        if key[1] == "dense" or dk not in preds:
+            continue
+        dense, pruned = np.asarray(preds[dk]), np.asarray(preds[key])
+        dm, ds, dt = _votes(dense, num_classes)
+        pm, ps, pt = _votes(pruned, num_classes)
+        frames.append(pd.DataFrame({
+            "method": key[0], "schedule": key[1], "sparsity": float(key[2]),
+            "image": np.arange(n), "label": labels, "dense_modal": dm, "pruned_modal": pm,
+            "dense_share": ds, "pruned_share": ps, "pie": dm != pm, "dense_ties": dt,
+            "pruned_ties": pt, "qscore_dense": look(q, dk), "qscore_pruned": look(q, key),
+            "depth_dense": look(d, dk), "depth_pruned": look(d, key), "models": len(pruned),
+            "dense_models": len(dense)}))
+    if not frames:
+        return pd.DataFrame({c: [] for c in IMAGE_COLUMNS})
+    return pd.concat(frames, ignore_index=True)[list(IMAGE_COLUMNS)]

@@ -1,4 +1,4 @@
-"""Supervised contrastive loss (Khosla et al. 2020, L_out); SimCLR's NT-Xent without labels."""
+"""Supervised contrastive loss (Khosla et al. 2020, L_out); without labels, SimCLR's NT-Xent."""
 from __future__ import annotations
 
 import torch
@@ -28,3 +28,10 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None,
     pos = (ids[:, None] == ids[None, :]) & ~self_mask
     mean_log_prob_pos = log_prob.masked_fill(~pos, 0.0).sum(1) / pos.sum(1).clamp_min(1)
     return -(temperature / base_temperature) * mean_log_prob_pos.mean()
+
+
+def nt_xent_loss(features: torch.Tensor, temperature: float = 0.5,
+                 base_temperature: float = 0.07) -> torch.Tensor:
+    """SimCLR's NT-Xent: :func:`supcon_loss` with no labels (the only positive of a view is the
+    other view of its image), scaled by ``temperature / base_temperature`` like SupCon."""
+    return supcon_loss(features, None, temperature, base_temperature)

@@ -9,12 +9,34 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from . import metrics
+from . import methods, metrics, schedules
 from .data import CLASSES
 
-MAIN_SCHEDULES = ("gmp_early", "gmp_late", "oneshot")
-PALETTE = {"dense": "0.3", "gmp_early": "tab:red", "gmp_late": "tab:blue", "oneshot": "tab:green"}
+#: The schedules every main figure compares, and their colours: read from :mod:`pcl.schedules`.
+MAIN_SCHEDULES = schedules.main_schedules()
+PALETTE = schedules.palette()
 BOOT_SEED = 0
+#: Line style per method, in registry order (the paper's two first: CE dashed, SupCon solid).
+_LINESTYLES = ("--", "-", ":", "-.")
+_STYLE_NAMES = {"--": "dashed", "-": "solid", ":": "dotted", "-.": "dash-dot"}
+
+
+def method_order(present) -> list[str]:
+    """The methods in ``present`` in registry order (unregistered names last, sorted)."""
+    present = set(present)
+    known = [m for m in methods.names() if m in present]
+    return known + sorted(present - set(known))
+
+
+def method_style(m: str) -> str:
+    """A method's line style (registry order; the same method always gets the same style)."""
+    names = list(methods.names())
+    return _LINESTYLES[names.index(m) % len(_LINESTYLES)] if m in names else ":"
+
+
+def method_label(m: str) -> str:
+    """A method's display label ('CE', 'SupCon', 'SimCLR'; the name itself when unregistered)."""
+    return methods.labels().get(m, m)
 
 
 def save(fig: plt.Figure, name: str, outdir: str | Path, label: str) -> list[Path]:
@@ -50,26 +72,58 @@ def fig_accuracy(runs: pd.DataFrame) -> plt.Figure:
 
 
 def fig_pie_counts(counts: pd.DataFrame) -> plt.Figure:
-    """F2: number of PIEs vs sparsity per method and schedule; ``counts`` may carry ci_low/ci_high."""
+    """F2: number of PIEs vs sparsity per method and schedule, with each method's noise floor.
+
+    ``counts`` is :func:`pcl.claims.pie_counts`'s table; ``ci_low``/``ci_high`` become error bars
+    and ``floor``/``floor_ci_low``/``floor_ci_high`` (the PIE count between two independent dense
+    populations of the method) a horizontal line and band per method, when present.
+    """
     d = counts[counts.schedule.isin(MAIN_SCHEDULES)].sort_values("sparsity")
     fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    order = method_order(d.method.unique())
     for (m, sch), g in d.groupby(["method", "schedule"]):
-        ls = "-" if m == "supcon" else "--"
+        ls = method_style(m)
         ax.plot(g.sparsity, g.pies, ls, marker="o", color=PALETTE[sch], label=f"{m} {sch}")
-        if {"ci_low", "ci_high"} <= set(g):
-            ax.fill_between(g.sparsity, g.ci_low, g.ci_high, color=PALETTE[sch], alpha=0.12)
+        if {"ci_low", "ci_high"} <= set(g) and np.isfinite(g[["ci_low", "ci_high"]]).all(None):
+            ax.errorbar(g.sparsity, g.pies, yerr=np.abs(np.vstack([g.pies - g.ci_low,
+                                                                 g.ci_high - g.pies])),
+                        fmt="none", ecolor=PALETTE[sch], capsize=3, lw=1)
+    if "floor" in d:
+        shades = ("0.55", "0.35", "0.75", "0.15")
+        for i, m in enumerate(order):
+            f = d[(d.method == m) & np.isfinite(d.floor)]
+            if f.empty:
+                continue
+            r = f.iloc[0]
+            c = shades[i % len(shades)]
+            ax.axhline(r.floor, color=c, ls=method_style(m), lw=1,
+                       label=f"{method_label(m)} noise floor")
+            if {"floor_ci_low", "floor_ci_high"} <= set(f) and np.isfinite(
+                    [r.floor_ci_low, r.floor_ci_high]).all():
+                ax.axhspan(r.floor_ci_low, r.floor_ci_high, color=c, alpha=0.15, lw=0)
     ax.set(xlabel="sparsity", ylabel="number of PIEs (test images)",
-           title="F2 - PIEs vs sparsity (solid: SupCon, dashed: CE)")
+           title="F2 - PIEs vs sparsity (" + ", ".join(
+               f"{_STYLE_NAMES[method_style(m)]}: {method_label(m)}" for m in order)
+           + "; grey: noise floor, 95% CI)")
+    ax.title.set_fontsize(9)
     ax.legend(fontsize=7, ncol=2)
     return fig
 
 
-def fig_pies_per_class(pies: pd.DataFrame, sparsity: float) -> plt.Figure:
-    """F3: PIEs per true class at ``sparsity``, split into common to SupCon and CE, and unique."""
+def fig_pies_per_class(pies: pd.DataFrame, sparsity: float,
+                       pair: tuple[str, str] | None = None) -> plt.Figure:
+    """F3: PIEs per true class at ``sparsity``, split into common to two methods, and unique.
+
+    ``pair`` = (a, b); default: the second and the first method of the table in registry order
+    (SupCon and CE, as in the paper)."""
+    if pair is None:
+        ms = method_order(pies.method.unique()) if len(pies) else []
+        pair = (ms[1], ms[0]) if len(ms) > 1 else ("supcon", "ce")
+    ma, mb = pair
     rows = []
     for sch in MAIN_SCHEDULES:
-        a = pies[(pies.method == "supcon") & (pies.schedule == sch) & (pies.sparsity == sparsity)]
-        b = pies[(pies.method == "ce") & (pies.schedule == sch) & (pies.sparsity == sparsity)]
+        a = pies[(pies.method == ma) & (pies.schedule == sch) & (pies.sparsity == sparsity)]
+        b = pies[(pies.method == mb) & (pies.schedule == sch) & (pies.sparsity == sparsity)]
         if a.empty or b.empty:
             continue
         a, b = a.sort_values("image"), b.sort_values("image")
@@ -77,7 +131,7 @@ def fig_pies_per_class(pies: pd.DataFrame, sparsity: float) -> plt.Figure:
         rows.append(cu.assign(schedule=sch))
     fig, axes = plt.subplots(1, max(1, len(rows)), figsize=(4.2 * max(1, len(rows)), 3.6),
                              sharey=True, squeeze=False)
-    names = {"common": "common", "only_a": "SupCon only", "only_b": "CE only"}
+    names = {"common": "common", "only_a": f"{method_label(ma)} only", "only_b": f"{method_label(mb)} only"}
     colors = {"common": "0.45", "only_a": "tab:purple", "only_b": "tab:orange"}
     for ax, cu in zip(axes[0], rows):
         wide = cu.pivot(index="class", columns="kind", values="count").reindex(columns=list(names))
@@ -89,7 +143,8 @@ def fig_pies_per_class(pies: pd.DataFrame, sparsity: float) -> plt.Figure:
         ax.set_title(f"{cu.schedule.iloc[0]} @ {sparsity}")
     axes[0][0].set_ylabel("PIEs (by true label)")
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle("F3 - PIEs per class: common to SupCon and CE vs unique", y=1.02)
+    fig.suptitle(f"F3 - PIEs per class: common to {method_label(ma)} and {method_label(mb)} vs unique",
+                 y=1.02)
     return fig
 
 
@@ -107,7 +162,7 @@ def fig_jaccard(pies: pd.DataFrame, sparsity: float) -> plt.Figure:
 
 def _paired(table: pd.DataFrame, pies: pd.DataFrame, value: str, sparsity: float) -> list:
     out = []
-    for m in ("ce", "supcon"):
+    for m in method_order(table.method.unique()):
         dense = table[(table.method == m) & (table.schedule == "dense")].sort_values("image")
         for sch in MAIN_SCHEDULES:
             pr = table[(table.method == m) & (table.schedule == sch) &
@@ -196,13 +251,18 @@ def fig_schedules(runs: pd.DataFrame, counts: pd.DataFrame, sparsity: float,
     ncols = 3 if onset is not None and len(onset) else 2
     fig, axes = plt.subplots(1, ncols, figsize=(4.0 * ncols, 3.5))
     c = counts[(counts.sparsity == sparsity) & counts.schedule.isin(MAIN_SCHEDULES)]
-    for j, (m, g) in enumerate(c.groupby("method")):
-        g = g.set_index("schedule").reindex(list(MAIN_SCHEDULES))
-        x = np.arange(len(MAIN_SCHEDULES)) + (j - 0.5) * 0.4
+    order = method_order(c.method.unique())
+    width = 0.8 / max(1, len(order))
+    for j, m in enumerate(order):
+        g = c[c.method == m].set_index("schedule").reindex(list(MAIN_SCHEDULES))
+        x = np.arange(len(MAIN_SCHEDULES)) + (j - (len(order) - 1) / 2) * width
         yerr = np.abs(np.vstack([g.pies - g.ci_low, g.ci_high - g.pies])) if "ci_low" in g else None
-        axes[0].bar(x, g.pies, width=0.4, yerr=yerr, capsize=3, label=m)
+        axes[0].bar(x, g.pies, width=width, yerr=yerr, capsize=3, label=m, color=f"C{j}")
+        if "floor" in g and np.isfinite(g.floor).any():  # the method's noise floor
+            axes[0].axhline(g.floor[np.isfinite(g.floor)].iloc[0], color=f"C{j}", ls=":", lw=1.2)
     axes[0].set_xticks(range(len(MAIN_SCHEDULES)), list(MAIN_SCHEDULES))
-    axes[0].set(title=f"PIEs @ {sparsity} (95% CI over seeds)", ylabel="number of PIEs")
+    axes[0].set(title=f"PIEs @ {sparsity} (95% CI over seeds;\ndotted: noise floor)",
+                ylabel="number of PIEs")
     axes[0].legend(fontsize=7)
     r = runs[(runs.sparsity == sparsity) & runs.schedule.isin(MAIN_SCHEDULES)]
     sns.barplot(data=r, x="schedule", y="test_acc", hue="method", ax=axes[1],
@@ -254,3 +314,100 @@ def fig_gmp_schedules(windows: dict[str, tuple[float, float]], final: float,
     ax.set(xlabel="fraction of training steps", ylabel="sparsity", title="GMP schedules")
     ax.legend(fontsize=7)
     return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# F9: the PIE gallery (selection by pcl.gallery; these functions only draw)
+GALLERY_COLS = 6  # images per row of a panel
+GALLERY_UPSCALE = 4  # every 32x32 pixel becomes a 4x4 block (nearest neighbour)
+
+
+def _class_name(i: int) -> str:
+    return CLASSES[i] if 0 <= i < len(CLASSES) else str(i)
+
+
+_CELL_W, _CELL_H, _PANEL_TOP, _PANEL_BOTTOM = 0.92, 1.1, 0.4, 0.32  # inches
+
+
+def _gallery_panel(sub, panel, pics: np.ndarray, rows: int, cols: int) -> None:
+    """Draw one panel into a subfigure: images in rule order, three caption lines under each."""
+    sub.suptitle(panel.title, fontsize=8)
+    h = rows * _CELL_H + _PANEL_TOP + _PANEL_BOTTOM
+    axes = sub.subplots(rows, cols, squeeze=False,
+                        gridspec_kw={"hspace": 0.5, "wspace": 0.12, "left": 0.03, "right": 0.97,
+                                     "top": 1 - _PANEL_TOP / h, "bottom": _PANEL_BOTTOM / h})
+    for ax in axes.flat:
+        ax.set_axis_off()
+    if len(panel.picked) == 0:
+        axes[0][0].text(0, 0.5, "unique PIEs: none" if panel.kept_by else "PIEs: none",
+                        fontsize=8, transform=axes[0][0].transAxes)
+        return
+    for ax, pic, r in zip(axes.flat, pics, panel.picked.itertuples(index=False)):
+        ax.imshow(pic, interpolation="nearest")
+        lines = [(f"true {_class_name(r.label)}", "0.1"),
+                 (f"dense {_class_name(r.dense_modal)}",
+                  "tab:green" if r.dense_modal == r.label else "tab:red"),
+                 (f"pruned {_class_name(r.pruned_modal)}",
+                  "tab:green" if r.pruned_modal == r.label else "tab:red")]
+        for j, (text, color) in enumerate(lines):
+            ax.annotate(text, xy=(0.5, 0), xycoords="axes fraction", xytext=(0, -1.5 - 6.5 * j),
+                        textcoords="offset points", ha="center", va="top", fontsize=5.5,
+                        color=color)
+
+
+def _gallery_figure(panels: list, test_images, title: str, cols: int, upscale: int) -> plt.Figure:
+    """Panels on a grid: one row per (method, kept_by), one column per schedule."""
+    from .gallery import upscale_nearest
+
+    x = np.asarray(test_images)
+    if not panels:
+        fig, ax = plt.subplots(figsize=(6, 1.2))
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no pruned configuration at this sparsity", ha="center", va="center")
+        fig.suptitle(title, fontsize=10)
+        return fig
+    shown = max(1, max(len(p.picked) for p in panels))
+    for p in panels:
+        if len(p.picked) and p.images.max() >= len(x):
+            raise ValueError(f"panel {p.title!r} shows image {p.images.max()} but test_images "
+                             f"has only {len(x)}")
+    cols = max(1, min(cols, shown))
+    rows = int(np.ceil(shown / cols))
+    row_keys = list(dict.fromkeys((p.method, p.kept_by) for p in panels))
+    col_keys = list(dict.fromkeys(p.schedule for p in panels))
+    pw, ph = cols * _CELL_W + 0.2, rows * _CELL_H + _PANEL_TOP + _PANEL_BOTTOM
+    fig = plt.figure(figsize=(pw * len(col_keys), ph * len(row_keys) + 0.25))
+    # an empty strip at the bottom keeps the scale stamp of plots.save off the last captions
+    subs = fig.subfigures(len(row_keys) + 1, len(col_keys), squeeze=False,
+                          height_ratios=[ph] * len(row_keys) + [0.25])
+    for row in subs:
+        for s in row:
+            s.set_facecolor("none")
+    for p in panels:
+        sub = subs[row_keys.index((p.method, p.kept_by))][col_keys.index(p.schedule)]
+        pics = upscale_nearest(x[p.images], upscale) if len(p.picked) else np.zeros((0,))
+        _gallery_panel(sub, p, pics, rows, cols)
+    fig.suptitle(f"{title}\nunder each image: true label / dense modal / pruned modal "
+                 "(green: correct, red: wrong)", fontsize=10, y=1.0 + 0.3 / fig.get_figheight())
+    return fig
+
+
+def fig_pie_gallery(panels: list, test_images, cols: int = GALLERY_COLS,
+                    upscale: int = GALLERY_UPSCALE) -> plt.Figure:
+    """F9: PIE test images per (method, schedule) panel, as picked by
+    :func:`pcl.gallery.gallery_panels`; ``test_images`` uint8 (N, 3, 32, 32), shown at native
+    resolution upscaled by pixel repetition."""
+    s = f"{panels[0].sparsity:g}" if panels else "?"
+    return _gallery_figure(panels, test_images,
+                           f"F9 - PIE gallery @ sparsity {s}: per panel the PIEs the pruned "
+                           "population agrees on most (ties: one per true class in turn)", cols, upscale)
+
+
+def fig_unique_pies(panels: list, test_images, cols: int = GALLERY_COLS,
+                    upscale: int = GALLERY_UPSCALE) -> plt.Figure:
+    """F9b: PIEs lost by one method and kept by the other, per (pair, schedule) panel, as picked
+    by :func:`pcl.gallery.unique_panels`; captions give the losing method's modal labels."""
+    s = f"{panels[0].sparsity:g}" if panels else "?"
+    return _gallery_figure(panels, test_images,
+                           f"F9b - unique PIEs @ sparsity {s}: lost by one method, kept by the "
+                           "other (ranked by the losing population's agreement)", cols, upscale)

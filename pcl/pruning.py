@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-SCOPES = ("global", "layerwise")
+from .schedules import SCOPES
 
 
 def _check_sparsity(s: float) -> None:
@@ -100,7 +100,8 @@ def sparsity(model: nn.Module, include: Callable[[str], bool] | None = None) -> 
     return zeros / max(1, sum(p.numel() for p in params.values()))
 
 
-def mask_from_zeros(model: nn.Module, include: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+def mask_from_zeros(model: nn.Module,
+                    include: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
     """Keep-masks that hold the zeros a model already has (for fine-tuning a pruned model)."""
     return {n: p.detach() != 0 for n, p in prunable(model, include).items()}
 

@@ -2,6 +2,9 @@
 
     python -m pcl.reproduce [--profile auto|smoke|cpu|paper] [--dataset synthetic] [--data DIR]
                             [--runs DIR] [--out DIR] [--only 01,02]
+                            [--executor local|submitit-local|slurm] [--slurm-partition P]
+                            [--slurm-gpus N] [--slurm-time T] [--slurm-array-parallelism N]
+                            [--slurm-log-dir DIR] [--slurm-extra 'account=abc,mem=32G']
 
 Executed copies go to ``notebooks/executed/<profile>/`` (kept in git); figures to
 ``figures/<profile>/``, tables to ``results/<profile>/``. A failing notebook stops the chain with
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,13 +29,28 @@ def notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
+def declared_parameters(path: Path) -> set[str]:
+    """Names assigned in a notebook's ``parameters`` cell."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    names: set[str] = set()
+    for c in nb.cells:
+        if "parameters" in c.get("metadata", {}).get("tags", []):
+            names |= set(re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=", c.source, flags=re.M))
+    return names
+
+
 def run_chain(profile: str = "auto", dataset: str | None = None, data_root: str | None = None,
               runs: str = "runs", out: str | Path | None = None, figures: str = "figures",
               results: str = "results", only: list[str] | None = None,
-              folder: Path = NOTEBOOK_DIR, kernel: str = "python3") -> list[Path]:
+              folder: Path = NOTEBOOK_DIR, kernel: str = "python3",
+              executor: dict | None = None) -> list[Path]:
     """Execute the notebooks with papermill; returns the executed copies' paths.
 
-    Raises ``RuntimeError`` naming the notebook and the failing cell's error.
+    ``executor``: further notebook parameters (``executor``, ``slurm_partition``, ...), passed to
+    the notebooks that declare them (the training notebooks 01-03). Raises ``RuntimeError``
+    naming the notebook and the failing cell's error.
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -51,11 +70,13 @@ def run_chain(profile: str = "auto", dataset: str | None = None, data_root: str 
         if only and not any(nb.name.startswith(o) for o in only):
             continue
         target = out / nb.name
+        declared = declared_parameters(nb) if executor else set()
+        nb_params = params | {k: v for k, v in (executor or {}).items() if k in declared}
         t0 = time.time()
         print(f"[reproduce] {nb.name} ...", flush=True)
         try:
             # relative paths: papermill records them in the executed copy's metadata
-            pm.execute_notebook(os.path.relpath(nb), os.path.relpath(target), parameters=params,
+            pm.execute_notebook(os.path.relpath(nb), os.path.relpath(target), parameters=nb_params,
                                 kernel_name=kernel, cwd=".", progress_bar=False, log_output=False)
         except PapermillExecutionError as e:
             raise RuntimeError(f"notebook {nb.name} failed in cell {e.exec_count}: {e.ename}: "
@@ -63,6 +84,21 @@ def run_chain(profile: str = "auto", dataset: str | None = None, data_root: str 
         print(f"[reproduce] {nb.name} done in {time.time() - t0:.0f} s -> {target}", flush=True)
         done.append(target)
     return done
+
+
+def executor_parameters(a: argparse.Namespace) -> dict:
+    """The training notebooks' executor parameters from the command line (unset ones left out,
+    so the notebooks' defaults apply)."""
+    from .executors import cluster_options
+
+    p = {"executor": a.executor, "slurm_partition": a.slurm_partition, "slurm_gpus": a.slurm_gpus,
+         "slurm_time": a.slurm_time, "slurm_array_parallelism": a.slurm_array_parallelism,
+         "slurm_log_dir": a.slurm_log_dir, "slurm_extra": a.slurm_extra}
+    p = {k: v for k, v in p.items() if v not in (None, "")}
+    # refuse a bad time limit or sbatch parameter now, not after the first notebooks ran
+    cluster_options(a.executor, p.get("slurm_partition"), p.get("slurm_gpus"), p.get("slurm_time"),
+                    p.get("slurm_array_parallelism"), p.get("slurm_log_dir"), p.get("slurm_extra"))
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,04")
+    ap.add_argument("--executor", default="local", choices=["local", "submitit-local", "slurm"],
+                    help="where the training notebooks' runs train (default: local processes)")
+    ap.add_argument("--slurm-partition", default=None)
+    ap.add_argument("--slurm-gpus", default=None, type=int, help="GPUs per job (default 1)")
+    ap.add_argument("--slurm-time", default=None, help="time limit per job: minutes or HH:MM:SS")
+    ap.add_argument("--slurm-array-parallelism", default=None, type=int)
+    ap.add_argument("--slurm-log-dir", default=None, help="job logs (default <runs>/.submitit)")
+    ap.add_argument("--slurm-extra", default=None, help="more sbatch parameters: 'account=abc,mem=32G'")
     a = ap.parse_args(argv)
     from .study import resolve_preset_name
 
@@ -82,9 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[reproduce] unknown profile {name!r}; allowed: auto, {', '.join(PRESETS)}",
               file=sys.stderr)
         return 2
+    try:
+        executor = executor_parameters(a)
+    except ValueError as e:
+        print(f"[reproduce] {e}", file=sys.stderr)
+        return 2
     t0 = time.time()
     try:
-        run_chain(name, a.dataset, a.data, a.runs, a.out, only=a.only.split(",") if a.only else None)
+        run_chain(name, a.dataset, a.data, a.runs, a.out, only=a.only.split(",") if a.only else None,
+                  executor=executor)
     except RuntimeError as e:
         print(f"[reproduce] FAILED: {e}", file=sys.stderr)
         return 1

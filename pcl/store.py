@@ -4,16 +4,25 @@ Layout of a run folder ``<root>/<method>/<hash>/``::
 
     config.json       the full RunConfig (written first)
     checkpoint.pt     the last finished epoch while training (deleted when the run is done)
+    LEASE             while a worker trains the run (pcl.lease); LEASE.log: who trained it, when
     model.pt          final weights (a WideResNet state dict; pruned zeros included)
     history.json      per-epoch metrics and pruning events
     logits.pt         test-set logits (10,000 x classes)
     features.pt       test-set penultimate features (10,000 x feature dim)
-    DONE              written last: JSON with the sha256 of every file above
+    env.json          where and how it trained (versions, device, threads), when given to finish
+    DONE              written last: JSON with the sha256 of every file above that it lists
     eval/<name>.pt    evaluation artifacts, each with a <name>.pt.sha256 written after it
 
 Every file is written to a temporary name, flushed and renamed into place, so a crash leaves
 either the old file or the new one. A run without DONE is partial and never read as finished; a
 file whose hash differs from the one recorded is reported as corrupt, never used.
+
+A finished run is immutable. ``finish`` writes every final file into a private temporary folder
+first and publishes them under a short publish lease, DONE last; when another writer finished the
+run first, its own output is discarded. So two writers never mix their files, and no reader sees
+DONE before the files it lists. Temporary files (``*.tmp``) of a killed writer are never read and
+are removed by the next writer of the run. Files are created readable by the group and others as
+the umask allows (a store shared by a team or a cluster must be readable by all its users).
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,10 +41,48 @@ import torch
 from .config import RunConfig
 
 RUN_FILES = ("config.json", "model.pt", "history.json", "logits.pt", "features.pt")
+#: Names a run folder uses for its own bookkeeping: never an extra file of ``finish``.
+RESERVED = ("DONE", "checkpoint.pt", "LEASE", "LEASE.log", "PUBLISH", "eval")
+#: Seconds after which an unfinished publish (a writer killed while moving its files) is stale.
+PUBLISH_STALE_AFTER = 600.0
 
 
 class CorruptRunError(RuntimeError):
     """A stored file does not match its recorded hash, or cannot be read."""
+
+
+def _read_umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it the only portable way (set and restore)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _share(fd_or_path: int | str | Path, directory: bool = False) -> None:
+    """Give a file made by mkstemp/mkdtemp (mode 0600/0700) the mode a plain open would give it."""
+    mode = (0o777 if directory else 0o666) & ~_UMASK
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
+def _write_durable(data: bytes, path: Path) -> None:
+    """Write ``data`` to the new file ``path`` and flush it to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _atomic_write_bytes(data: bytes, path: Path) -> None:
@@ -42,6 +90,7 @@ def _atomic_write_bytes(data: bytes, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _share(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -53,17 +102,25 @@ def _atomic_write_bytes(data: bytes, path: Path) -> None:
         raise
 
 
-def atomic_save(obj: Any, path: str | Path) -> str:
-    """``torch.save`` to a temporary file and rename into place; returns the file's sha256."""
+def _torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    data = buf.getvalue()
+    return buf.getvalue()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
+
+
+def atomic_save(obj: Any, path: str | Path) -> str:
+    """``torch.save`` to a temporary file and rename into place; returns the file's sha256."""
+    data = _torch_bytes(obj)
     _atomic_write_bytes(data, Path(path))
     return hashlib.sha256(data).hexdigest()
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> str:
-    data = json.dumps(obj, indent=1, sort_keys=True).encode()
+    data = _json_bytes(obj)
     _atomic_write_bytes(data, Path(path))
     return hashlib.sha256(data).hexdigest()
 
@@ -74,6 +131,59 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _fsync_dir(d: Path) -> None:
+    """Make the renames into ``d`` durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _plain_name(name: Any) -> bool:
+    return (isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name
+            and not name.startswith(".") and name not in RESERVED)
+
+
+def _is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def read_done(run_dir: str | Path) -> dict[str, str]:
+    """The DONE record of a finished run folder: {file name: sha256}.
+
+    Raises FileNotFoundError without DONE and CorruptRunError when DONE does not hold a mapping of
+    plain file names to sha256 digests that lists at least every file of ``RUN_FILES``.
+    """
+    d = Path(run_dir)
+    p = d / "DONE"
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"run {d} is not finished (no DONE marker); train it first") from None
+    hint = f"delete {d} to retrain this run"
+    try:
+        rec = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptRunError(f"{p} is not valid JSON ({e}); {hint}") from None
+    if not isinstance(rec, dict):
+        raise CorruptRunError(f"{p} holds a JSON {type(rec).__name__} ({raw[:40]!r}), not the "
+                              f"mapping of file names to sha256 digests it should; {hint}")
+    bad = [k for k, v in rec.items() if not _plain_name(k) or not _is_sha256(v)]
+    if bad:
+        raise CorruptRunError(f"{p} has entries that are not a plain file name with a sha256 "
+                              f"digest: {sorted(bad)[:5]}; {hint}")
+    missing = [n for n in RUN_FILES if n not in rec]
+    if missing:
+        raise CorruptRunError(f"{p} does not list {missing}; {hint}")
+    return rec
 
 
 class RunStore:
@@ -98,7 +208,9 @@ class RunStore:
         return d
 
     def save_checkpoint(self, cfg: RunConfig, state: dict) -> None:
-        atomic_save(state, self.path(cfg) / "checkpoint.pt")
+        """Save the last epoch (skipped once the run is finished: a done run stays as it is)."""
+        if not self.is_done(cfg):
+            atomic_save(state, self.path(cfg) / "checkpoint.pt")
 
     def load_checkpoint(self, cfg: RunConfig) -> dict | None:
         """The last epoch checkpoint, or None (absent, or unreadable: then it is removed)."""
@@ -111,36 +223,113 @@ class RunStore:
             import warnings
 
             warnings.warn(f"checkpoint {p} is unreadable ({type(e).__name__}); restarting the run")
-            p.unlink()
+            p.unlink(missing_ok=True)
             return None
 
     def finish(self, cfg: RunConfig, state_dict: dict, history: dict, logits: torch.Tensor,
-               features: torch.Tensor) -> Path:
-        """Write the final files, then DONE with their hashes; drop the checkpoint."""
+               features: torch.Tensor, env: dict | None = None,
+               extra_files: dict[str, Any] | None = None) -> Path:
+        """Publish a finished run: its final files, then DONE with their hashes; drop the checkpoint.
+
+        ``env`` is stored as ``env.json``; ``extra_files`` maps further plain file names to bytes
+        (written as they are) or JSON-able objects. Every one is listed in DONE. First writer
+        wins: if the run is already finished (another worker got there first), this call leaves
+        the stored run untouched and discards its own output.
+        """
         d = self.begin(cfg)
-        hashes = {
-            "config.json": file_sha256(d / "config.json"),
-            "model.pt": atomic_save({k: v.cpu() for k, v in state_dict.items()}, d / "model.pt"),
-            "history.json": atomic_write_json(history, d / "history.json"),
-            "logits.pt": atomic_save(logits.float().cpu(), d / "logits.pt"),
-            "features.pt": atomic_save(features.float().cpu(), d / "features.pt"),
+        if self.is_done(cfg):
+            (d / "checkpoint.pt").unlink(missing_ok=True)
+            return d
+        extras = dict(extra_files or {})
+        if env is not None:
+            extras["env.json"] = env
+        for name in extras:
+            if not _plain_name(name) or name in RUN_FILES:
+                raise ValueError(f"extra file name {name!r} is not allowed: use a plain file name "
+                                 f"other than {', '.join(RUN_FILES + RESERVED)}")
+        files = {
+            "model.pt": _torch_bytes({k: v.cpu() for k, v in state_dict.items()}),
+            "history.json": _json_bytes(history),
+            "logits.pt": _torch_bytes(logits.float().cpu()),
+            "features.pt": _torch_bytes(features.float().cpu()),
+            **{n: v if isinstance(v, bytes) else _json_bytes(v) for n, v in extras.items()},
         }
-        atomic_write_json(hashes, d / "DONE")
+        hashes = {"config.json": file_sha256(d / "config.json")}
+        hashes.update({n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
+        private = Path(tempfile.mkdtemp(prefix=".finish.", suffix=".tmp", dir=d))
+        try:
+            _share(private, directory=True)
+            for name, data in files.items():
+                _write_durable(data, private / name)
+            _write_durable(_json_bytes(hashes), private / "DONE")
+            self._publish(d, private, list(files))
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
         (d / "checkpoint.pt").unlink(missing_ok=True)
         return d
 
+    def _publish(self, d: Path, private: Path, names: list[str]) -> None:
+        """Move ``names`` and then DONE from ``private`` into ``d``, one writer at a time."""
+        from .lease import Lease
+
+        lock = Lease(d / "PUBLISH", stale_after=PUBLISH_STALE_AFTER)
+        while not lock.acquire():
+            if (d / "DONE").exists():
+                return  # the other writer published: keep its run
+            time.sleep(0.05)
+        try:
+            if (d / "DONE").exists():
+                return
+            for name in names:
+                os.replace(private / name, d / name)
+            _fsync_dir(d)
+            try:  # link: never replaces a DONE (none can appear while we hold the lock)
+                os.link(private / "DONE", d / "DONE")
+            except FileExistsError:
+                return
+            except OSError:  # no hard links on this file system
+                os.replace(private / "DONE", d / "DONE")
+            _fsync_dir(d)
+        finally:
+            lock.release()
+
+    def clean_orphans(self, cfg: RunConfig, min_age: float = 60.0) -> list[Path]:
+        """Remove temporary files a killed writer left in the run folder (and its eval/), if older
+        than ``min_age`` seconds (younger ones may belong to a writer still at work)."""
+        d = self.path(cfg)
+        removed = []
+        now = time.time()
+        for folder in (d, d / "eval"):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                if not (p.name.endswith(".tmp") or p.name.endswith(".gone")):
+                    continue
+                try:
+                    if now - p.lstat().st_mtime < min_age:
+                        continue
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
+                    removed.append(p)
+                except FileNotFoundError:
+                    continue
+        return removed
+
     # --- reading -----------------------------------------------------------------------------
+    def done_record(self, cfg: RunConfig) -> dict[str, str]:
+        """{file name: sha256} of a finished run (see :func:`read_done`)."""
+        return read_done(self.path(cfg))
+
     def _verified(self, cfg: RunConfig, name: str) -> Path:
         d = self.path(cfg)
-        if not (d / "DONE").exists():
-            raise FileNotFoundError(f"run {d} is not finished (no DONE marker); train it first")
-        try:
-            hashes = json.loads((d / "DONE").read_text())
-            expected = hashes[name]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CorruptRunError(f"{d / 'DONE'} is damaged ({e}); delete {d} to retrain") from None
+        hashes = read_done(d)
+        if name not in hashes:
+            raise FileNotFoundError(f"{d / 'DONE'} does not list {name!r}: the run was stored "
+                                    f"without it (it lists {sorted(hashes)})")
         p = d / name
-        if not p.exists() or file_sha256(p) != expected:
+        if not p.exists() or file_sha256(p) != hashes[name]:
             raise CorruptRunError(f"{p} is missing or does not match the hash recorded in DONE; "
                                   f"delete {d} to retrain this run")
         return p
@@ -160,9 +349,17 @@ class RunStore:
     def load_features(self, cfg: RunConfig) -> torch.Tensor:
         return torch.load(self._verified(cfg, "features.pt"), map_location="cpu", weights_only=True)
 
+    def load_json(self, cfg: RunConfig, name: str) -> Any:
+        """A verified JSON file of a finished run (e.g. ``env.json``)."""
+        return json.loads(self._verified(cfg, name).read_text())
+
+    def load_env(self, cfg: RunConfig) -> dict | None:
+        """``env.json`` of a finished run, or None for a run stored without it."""
+        return self.load_json(cfg, "env.json") if "env.json" in self.done_record(cfg) else None
+
     def verify(self, cfg: RunConfig) -> None:
-        """Check every file of a finished run against DONE (raises CorruptRunError)."""
-        for name in RUN_FILES:
+        """Check every file DONE lists against its hash (raises CorruptRunError)."""
+        for name in self.done_record(cfg):
             self._verified(cfg, name)
 
     # --- evaluation artifacts ----------------------------------------------------------------
@@ -188,3 +385,64 @@ class RunStore:
 
     def delete(self, cfg: RunConfig) -> None:
         shutil.rmtree(self.path(cfg), ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Is a folder a run store? (`make clean-runs` deletes one only after asking)
+#: Entries a store root may hold besides method folders: the submitit executor's default log folder.
+STORE_ROOT_EXTRAS = (".submitit",)
+
+
+def _is_run_hash(name: str) -> bool:
+    return len(name) == 12 and all(c in "0123456789abcdef" for c in name)
+
+
+def not_a_store_reason(root: str | Path) -> str | None:
+    """Why ``root`` is not a run store, or None when it is one (or is empty, or does not exist).
+
+    A run store holds only method folders (plus :data:`STORE_ROOT_EXTRAS`), and a method folder only
+    run folders named by a 12-hex-digit run hash. Checked before deleting a store wholesale, so that
+    a mistyped path (the repository, a home folder) is refused rather than removed.
+    """
+    if str(root).strip() == "":
+        return "no folder given"
+    root = Path(root)
+    if not root.exists() and not root.is_symlink():
+        return None
+    if not root.is_dir():  # a link to a folder is checked as that folder
+        return f"{root} is not a folder"
+    for entry in sorted(root.iterdir()):
+        if entry.name in STORE_ROOT_EXTRAS and entry.is_dir() and not entry.is_symlink():
+            continue
+        if entry.is_symlink() or not entry.is_dir() or entry.name.startswith("."):
+            return f"{entry} is not a method folder of runs"
+        for run in sorted(entry.iterdir()):
+            if run.is_symlink() or not run.is_dir() or not _is_run_hash(run.name):
+                return f"{run} is not a run folder (a folder named by a 12-hex-digit run hash)"
+    return None
+
+
+def is_run_store(root: str | Path) -> bool:
+    """True when ``root`` is a run store, an empty folder or absent (:func:`not_a_store_reason`)."""
+    return not_a_store_reason(root) is None
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m pcl.store --is-store DIR``: exit 0 when DIR is a run store, else 1 with the reason."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m pcl.store",
+                                 description="Check that a folder is a run store before deleting it.")
+    ap.add_argument("--is-store", metavar="DIR", required=True,
+                    help="exit 0 when DIR is a run store (or empty, or absent), else 1")
+    a = ap.parse_args(argv)
+    reason = not_a_store_reason(a.is_store)
+    if reason is not None:
+        print(f"{a.is_store!r} is not a run store: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

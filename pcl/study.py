@@ -1,113 +1,103 @@
-"""A whole study: which runs a preset needs, and running them (resumably, in parallel on CPU).
+"""A whole study: which runs a preset needs, and running them (resumably, in parallel).
 
 The unit of work is :func:`pcl.train.train_run` of one config, a pure function of that config:
-finished runs are loaded from the store, partial ones resume. On CPU, ``workers`` processes with
-one thread each train different runs at once (on a small CPU that beats one process with several
-threads: see the README's benchmark); on CUDA runs go one after the other in this process.
+finished runs are loaded from the store, partial ones resume. :func:`run_all` hands the runs to an
+executor (:mod:`pcl.executors`): local worker processes (on CPU one thread each, which on a small
+CPU beats one process with several threads: see the README's benchmark), submitit jobs, or SLURM.
 """
 from __future__ import annotations
 
 import os
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-from .config import METHODS, Preset, RunConfig, get_preset
+from . import schedules
+from .config import Preset, RunConfig, get_preset
 from .store import RunStore
-
-STAGES = ("dense", "gmp", "oneshot", "onset")
 
 
 def onset_configs(preset: Preset, method: str, seed: int) -> list[RunConfig]:
     """The pruning-onset sweep: GMP starting at each of ``onset_begins``, fixed duration."""
-    out = []
-    for b in preset.onset_begins:
-        end = min(1.0, b + preset.onset_duration)
-        out.append(preset.run(method, seed, "gmp", preset.onset_sparsity, gmp_begin=b, gmp_end=end))
-    return out
+    return schedules.get("gmp").configs(preset, method, seed)
 
 
-def plan(preset: Preset, stage: str = "all", methods: Iterable[str] = METHODS) -> list[RunConfig]:
-    """Every run config of ``stage`` ('dense', 'gmp', 'oneshot', 'onset' or 'all'), in order."""
-    if stage != "all" and stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; allowed: 'all', {', '.join(map(repr, STAGES))}")
-    stages = STAGES if stage == "all" else (stage,)
+def floor_seeds(preset: Preset) -> range:
+    """Seeds of the noise-floor population: S..2S-1, independent of the dense seeds 0..S-1."""
+    return range(preset.seeds, 2 * preset.seeds) if preset.noise_floor else range(0)
+
+
+def _stage_schedules(preset: Preset, stage: str) -> list[schedules.Schedule]:
+    """The schedules ``stage`` plans for ``preset``: those the preset lists, in its order, then
+    those every study plans (dense, the onset sweep)."""
+    listed = [schedules.get(n) for n in preset.schedules]
+    always = [s for n, s in ((n, schedules.get(n)) for n in schedules.names())
+              if s.always and n not in preset.schedules]
+    return [s for s in listed + always if s.stage == stage]
+
+
+def plan(preset: Preset, stage: str = "all", methods: Iterable[str] | None = None) -> list[RunConfig]:
+    """Every run config of ``stage`` (one of :func:`pcl.schedules.stages`: 'dense', 'floor',
+    'gmp', 'oneshot', 'onset', or 'all'), in order; ``methods`` defaults to the preset's.
+
+    Parents come before their children ('all' plans dense before any stage that needs it).
+    """
+    all_stages = schedules.stages()
+    if stage != "all" and stage not in all_stages:
+        raise ValueError(f"unknown stage {stage!r}; allowed: 'all', {', '.join(map(repr, all_stages))}")
+    methods = tuple(preset.methods if methods is None else methods)
     out: list[RunConfig] = []
-    for st in stages:
+    for st in all_stages if stage == "all" else (stage,):
         for m in methods:
+            if st == "floor":
+                out += [preset.run(m, seed) for seed in floor_seeds(preset)]
+                continue
+            scheds = _stage_schedules(preset, st)
             for seed in range(preset.seeds):
-                if st == "dense":
-                    out.append(preset.run(m, seed))
-                elif st == "gmp":
-                    out += [preset.run(m, seed, sch, s) for sch in preset.schedules
-                            if sch.startswith("gmp") for s in preset.sparsities]
-                elif st == "oneshot" and "oneshot" in preset.schedules:
-                    out += [preset.run(m, seed, "oneshot", s) for s in preset.sparsities]
-                elif st == "onset":
-                    out += onset_configs(preset, m, seed)
+                for sch in scheds:
+                    out += sch.configs(preset, m, seed)
     return out
-
-
-def _worker(cfg_dict: dict, store_root: str, data_root: str | None, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    from .train import train_run
-
-    cfg = RunConfig.from_dict(cfg_dict)
-    r = train_run(cfg, RunStore(store_root), data_root=data_root, device="cpu", progress=False)
-    return {"test_acc": r["test_acc"], "sparsity": r["sparsity"]}
 
 
 def default_workers() -> int:
-    """CUDA: 1 (runs in this process). CPU: one worker per core, at most 4."""
+    """Worker processes of the local executor. CUDA: one per visible GPU (``workers_per_gpu`` in
+    ``executor_options`` puts several runs on one GPU; not measured yet). CPU: one per core, at
+    most 4 (one thread each: on a small CPU that beats one process with several threads)."""
     if torch.cuda.is_available():
-        return 1
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-def run_all(configs: list[RunConfig], store, data_root: str | None = None,
-            workers: int | None = None, progress: bool = True) -> list[dict]:
-    """Train every config not yet finished in ``store``; one progress bar over the runs.
-
-    One-shot runs are started only after every dense run of the list has finished.
-    """
-    from tqdm import tqdm
-
-    from .train import train_run
-
-    workers = workers or default_workers()
-    todo = [c for c in configs if not store.is_done(c)]
-    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="runs", file=sys.stdout,
-               mininterval=30, disable=not progress)
-    results: list[dict] = []
-
-    def done(c: RunConfig, r: dict) -> None:
-        results.append({"hash": c.run_hash(), "test_acc": r["test_acc"], "sparsity": r["sparsity"]})
-        bar.set_postfix(last=f"{c.method}/{c.schedule}", acc=f"{r['test_acc']:.3f}", refresh=False)
-        bar.update(1)
-
-    waves = [[c for c in todo if c.pruning != "oneshot"], [c for c in todo if c.pruning == "oneshot"]]
+        return torch.cuda.device_count()
     try:
-        for wave in waves:
-            if not wave:
-                continue
-            n = min(workers, len(wave))
-            if n == 1:
-                for c in wave:
-                    done(c, train_run(c, store, data_root=data_root, progress=False))
-                continue
-            ctx = torch.multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(n, mp_context=ctx) as pool:
-                futs = {pool.submit(_worker, c.to_dict(), str(store.root), data_root, 1): c
-                        for c in wave}
-                for f in as_completed(futs):
-                    done(futs[f], f.result())
-    finally:
-        bar.close()
-    return results
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def run_all(configs: list[RunConfig], store: RunStore, data_root: str | None = None,
+            workers: int | None = None, progress: bool = True, executor: str = "local",
+            executor_options: dict | None = None) -> list[dict]:
+    """Finish every config not yet finished in ``store``; one progress bar over the runs.
+
+    ``executor``: 'local' (worker processes on this machine, ``workers`` of them, default
+    :func:`default_workers`), 'submitit-local' (each run a submitit job on this machine, at most
+    ``workers`` at once) or 'slurm' (job arrays on a SLURM cluster). ``executor_options``:
+    ``threads``, ``device``, ``stale_after`` (seconds before an unrefreshed run lease may be taken
+    over), ``poll`` (seconds between checks); for submitit also ``folder`` (job logs), ``time``
+    (limit per job: minutes or SLURM time), ``gpus`` (per job), ``partition``,
+    ``array_parallelism``, ``extra`` (sbatch parameters, e.g. 'account=abc,mem=32G'),
+    ``max_requeues``, ``max_jobs``; speed options ``cudnn_benchmark``, ``compile`` (both off by
+    default) and, for the local executor on CUDA, ``workers_per_gpu`` (default 1). Each run
+    trains under a lease (:mod:`pcl.lease`), so several ``run_all`` calls on one store, on one
+    machine or many, train every run once. A run whose
+    parent run (one-shot: its dense run) is not finished waits for it. Returns one summary
+    ``{'hash', 'test_acc', 'sparsity', 'trained'}`` per run not finished when called; raises
+    :class:`pcl.executors.RunsFailedError` (after the other runs) when some run failed.
+    """
+    from .executors import run
+
+    return run(configs, store, data_root, workers or default_workers(), progress, executor,
+               executor_options)
 
 
 # ------------------------------------------------------------------------------------------------

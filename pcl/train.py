@@ -1,34 +1,49 @@
-"""The training loop (CE, SupCon encoder, linear head, one-shot fine-tuning) and ``train_run``.
+"""The training loop (:func:`fit` of one :class:`Phase`) and ``train_run`` (one whole run).
+
+What a run trains comes from the registries: its method (:mod:`pcl.methods`) declares the model
+and the phases (CE training; contrastive encoder training then a linear head), its schedule
+(:mod:`pcl.schedules`) may replace them (one-shot: fine-tuning of the pruned parent) and adds
+the pruning callbacks to each phase. This module only runs them.
 
 GPU-first in the style of airbench: the training split lives on the device as uint8, every batch
-is augmented there with per-image random parameters, channels_last and bf16 autocast on CUDA
-(fp32 on CPU), no DataLoader and no per-image Python. Each epoch's data order and augmentation
-are seeded from (seed, phase, epoch), so an interrupted run resumes from its last epoch checkpoint
-and gives the same result as an uninterrupted one.
+is augmented there with per-image random parameters, channels_last, bf16 autocast where the config
+asks for it (``precision='bf16'``: CUDA, or CPUs with native bf16), no DataLoader and no per-image
+Python. Evaluation is always fp32. Each epoch's data order and augmentation are seeded from
+(seed, phase, epoch), so an interrupted run resumes from its last epoch checkpoint and gives the
+same result as an uninterrupted one.
+
+Reproducibility promise: the same config on the same device type with the same number of torch
+threads gives the same weights, bit for bit. The thread count is pinned per training (1 on CPU by
+default), recorded in the checkpoint and ``env.json``, and a resume uses the recorded count.
 """
 from __future__ import annotations
 
 import math
+import os
+import platform
+import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from . import augment
-from .config import HEAD_GMP, RunConfig
+from . import augment  # noqa: F401  (tests reach the eval transform as train.augment)
+from .config import RunConfig, resolve_device
 from .data import Dataset, Split, load_for_config
-from .losses import supcon_loss
-from .models import SupConNet, WideResNet, build_model
-from .pruning import Pruner, apply_masks, encoder_only, head_only, magnitude_masks, sparsity
+from .methods import LossFn, PhaseSpec, ce_loss_fn, linear_head_loss_fn, supcon_loss_fn
+from .methods import get as get_method
+from .models import WideResNet, channels_last, eval_forward
+from .pruning import Pruner, sparsity
+from .schedules import get as get_schedule
 from .store import RunStore
 
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+__all__ = ["Callback", "DivergedError", "Phase", "fit", "train_run", "load_run", "load_model",
+           "predict", "lr_at", "steps_per_epoch", "channels_last", "ce_loss_fn", "supcon_loss_fn",
+           "linear_head_loss_fn"]
 
 
 def lr_at(step: int, total: int, base: float, schedule: str, milestones=()) -> float:
@@ -42,15 +57,30 @@ def lr_at(step: int, total: int, base: float, schedule: str, milestones=()) -> f
     raise ValueError(f"unknown lr schedule {schedule!r}; allowed: constant, cosine, step")
 
 
-class StepHook(Protocol):
-    """Anything called after every optimiser step (``step`` counts from 1), e.g. a Pruner."""
+class Callback(Protocol):
+    """The one hook protocol of training; every method is optional.
+
+    ``after_step(step)``: after every optimiser step of a phase (``step`` counts from 1 within
+    the phase; pruning lives here). ``after_epoch(phase, epoch, row)``: after every epoch
+    (``row``: the epoch's history row; checkpointing and progress live here). ``after_run(summary)``:
+    once, when ``train_run`` has stored the run.
+    """
 
     def after_step(self, step: int) -> None: ...
+
+    def after_epoch(self, phase: str, epoch: int, row: dict) -> None: ...
+
+    def after_run(self, summary: dict) -> None: ...
+
+
+class DivergedError(FloatingPointError):
+    """A training loss became NaN or infinite: the run is stopped and never marked finished."""
 
 
 @dataclass
 class Phase:
-    """One optimisation phase of a run."""
+    """One optimisation phase of a run, with everything it owns: its SGD settings, the parameters
+    it updates, its loss, its train-mode setter and its callbacks (in call order)."""
 
     name: str
     epochs: int
@@ -58,10 +88,14 @@ class Phase:
     lr: float
     schedule: str
     weight_decay: float
+    params: list
+    loss_fn: LossFn
+    train_mode: Callable[[], None]
     momentum: float = 0.9
     nesterov: bool = False
     milestones: tuple = ()
-    hooks: list[StepHook] = field(default_factory=list)
+    callbacks: list = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None  # set by fit (checkpointing reads it)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -76,254 +110,306 @@ def _seed(*parts: int) -> int:
     return h
 
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+def fit(phase: Phase, split: Split, seed: int, phase_id: int, device: torch.device,
+        start_epoch: int = 0, opt_state: dict | None = None, run_name: str = "") -> list[dict]:
+    """Run ``phase.epochs`` epochs of SGD on ``split`` (already on ``device``), from ``start_epoch``.
 
-
-def fit(model: nn.Module, params: list, split: Split, loss_fn: LossFn,
-        phase: Phase, seed: int, phase_id: int, device: torch.device,
-        start_epoch: int = 0, opt_state: dict | None = None,
-        on_epoch: Callable[[int, dict, torch.optim.Optimizer], None] | None = None,
-        progress: Any = None, train_mode: Callable[[], None] | None = None) -> list[dict]:
-    """Run ``phase.epochs`` epochs of SGD on ``split`` (already on ``device``).
-
-    ``loss_fn(x_uint8, y, generator)`` augments and returns the loss. After every optimiser step
-    each hook's ``after_step(global_step)`` runs (pruning lives there). ``on_epoch(epoch, row,
-    optimizer)`` runs after every epoch (checkpointing lives there).
+    ``phase.loss_fn(x_uint8, y, generator)`` augments and returns the loss. After every optimiser
+    step each callback's ``after_step(step)`` runs, after every epoch its ``after_epoch(phase,
+    epoch, row)`` (:class:`Callback`), in the phase's order. A non-finite loss raises
+    :class:`DivergedError` at the end of its epoch, before any ``after_epoch`` (so before that
+    epoch is checkpointed).
     """
-    opt = torch.optim.SGD(params, lr=phase.lr, momentum=phase.momentum,
+    opt = torch.optim.SGD(phase.params, lr=phase.lr, momentum=phase.momentum,
                           weight_decay=phase.weight_decay, nesterov=phase.nesterov)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
+    phase.optimizer = opt
+    after_step = [cb.after_step for cb in phase.callbacks if hasattr(cb, "after_step")]
+    after_epoch = [cb.after_epoch for cb in phase.callbacks if hasattr(cb, "after_epoch")]
     n = len(split)
     spe = steps_per_epoch(n, phase.batch_size)
     bs = min(phase.batch_size, n)
     total = spe * phase.epochs
     rows = []
     for epoch in range(start_epoch, phase.epochs):
-        (train_mode or model.train)()
+        phase.train_mode()
         t0 = time.perf_counter()
         gen_cpu = torch.Generator().manual_seed(_seed(seed, phase_id, epoch, 1))
         gen_dev = torch.Generator(device=device).manual_seed(_seed(seed, phase_id, epoch, 2))
         perm = torch.randperm(n, generator=gen_cpu).to(device)
-        loss_sum = torch.zeros((), device=device)
+        losses = torch.zeros(spe, device=device)  # checked once per epoch: no per-step sync
         for i in range(spe):
             step = epoch * spe + i
             for gparam in opt.param_groups:
                 gparam["lr"] = lr_at(step, total, phase.lr, phase.schedule, phase.milestones)
             idx = perm[i * bs:(i + 1) * bs]
-            loss = loss_fn(split.images[idx], split.labels[idx], gen_dev)
+            loss = phase.loss_fn(split.images[idx], split.labels[idx], gen_dev)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            for h in phase.hooks:
-                h.after_step(step + 1)
-            loss_sum += loss.detach()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss_sum) / spe,
+            for cb in after_step:
+                cb(step + 1)
+            losses[i] = loss.detach()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise DivergedError(f"{run_name or 'run'}: non-finite loss {float(losses[i])} in phase "
+                                f"{phase.name!r}, epoch {epoch + 1}, step {epoch * spe + i + 1} "
+                                f"(step {i + 1} of the epoch); the run is not marked finished. "
+                                "Check the learning rate and temperature.")
+        row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(losses.mean()),
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                "images": spe * bs}
         rows.append(row)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, row, opt)
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(phase=phase.name, loss=f"{row['loss']:.3f}", refresh=False)
+        for cb in after_epoch:
+            cb(phase.name, epoch + 1, row)
     return rows
 
 
-# ------------------------------------------------------------------------------------------------
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
-
-
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """channels_last everywhere: faster on CUDA and, measured, on this project's CPUs too."""
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-def ce_loss_fn(model: nn.Module, device: torch.device, vflip: bool) -> Callable:
-    def loss_fn(x, y, g):
-        x = channels_last(augment.ce_augment(x, g, vflip))
-        with _autocast(device):
-            logits = model(x)
-        return F.cross_entropy(logits.float(), y)
-    return loss_fn
-
-
-def supcon_loss_fn(model: SupConNet, device: torch.device, temperature: float,
-                   base_temperature: float) -> Callable:
-    def loss_fn(x, y, g):
-        v = channels_last(augment.supcon_augment(x, g))
-        with _autocast(device):
-            z = model.project(v)
-        b = x.shape[0]
-        return supcon_loss(torch.stack([z[:b], z[b:]], 1), y, temperature, base_temperature)
-    return loss_fn
-
-
-def linear_head_loss_fn(net: WideResNet, device: torch.device, vflip: bool) -> Callable:
-    """CE on the frozen encoder's features (encoder in eval mode, no gradient through it)."""
-    def loss_fn(x, y, g):
-        x = channels_last(augment.ce_augment(x, g, vflip))
-        with torch.no_grad(), _autocast(device):
-            f = net.features(x)
-        return F.cross_entropy(net.fc(f.float()), y)
-    return loss_fn
+def build_phase(cfg: RunConfig, spec: PhaseSpec, model: nn.Module, net: WideResNet, train: Split,
+                device: torch.device) -> Phase:
+    """The :class:`Phase` a method's phase spec describes, with its schedule's callbacks
+    (pruning) first in its callback list."""
+    o = spec.optim(cfg)
+    mode = (lambda: spec.train_mode(model, net)) if spec.train_mode is not None else model.train
+    phase = Phase(spec.name, o.epochs, o.batch_size, o.lr, o.schedule, o.weight_decay,
+                  params=spec.params(model, net), loss_fn=spec.loss(model, net, cfg, device),
+                  train_mode=mode, momentum=o.momentum, nesterov=o.nesterov, milestones=o.milestones)
+    total = steps_per_epoch(len(train), o.batch_size) * o.epochs
+    phase.callbacks += get_schedule(cfg.pruning).callbacks(cfg, spec, model, net, total)
+    return phase
 
 
 @torch.no_grad()
 def predict(net: WideResNet, images: torch.Tensor, device: torch.device | str,
-            batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Test-time (logits, penultimate features): eval mode, no augmentation, float32 on CPU."""
-    device = torch.device(device)
-    net.eval()
-    logits, feats = [], []
-    for i in range(0, len(images), batch_size):
-        x = channels_last(augment.eval_transform(images[i:i + batch_size].to(device)))
-        with _autocast(device):
-            f = net.features(x)
-            logits.append(net.fc(f).float().cpu())
-        feats.append(f.float().cpu())
-    return torch.cat(logits), torch.cat(feats)
+            batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test-time (logits, penultimate features), float32 on the CPU (:func:`pcl.models.eval_forward`)."""
+    def logits_and_features(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = net.features(x)
+        return net.fc(f), f
+
+    logits, feats = eval_forward(net, images, device, logits_and_features, batch_size)
+    return logits, feats
 
 
 # ------------------------------------------------------------------------------------------------
-def _phases(cfg: RunConfig) -> list[str]:
-    if cfg.pruning == "oneshot":
-        return ["finetune"]
-    return ["train", "head"] if cfg.method == "supcon" else ["train"]
+def run_env(cfg: RunConfig, device: torch.device, threads: int, cudnn_benchmark: bool = False,
+            compile: bool = False) -> dict:
+    """Where and how a run trained (kept outside the config hash): versions, device, threads, and
+    the speed options (cuDNN autotuning, a compiled network) that change results only by
+    floating-point noise."""
+    import pcl
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        rev = None
+    return {"pcl_version": getattr(pcl, "__version__", None), "git_revision": rev,
+            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                       else platform.processor() or platform.machine()),
+            "device_type": device.type, "precision": cfg.precision, "threads": threads,
+            "cudnn_benchmark": bool(cudnn_benchmark), "compile": bool(compile),
+            "host": socket.gethostname()}
 
 
-def _epochs(cfg: RunConfig, name: str) -> int:
-    return {"train": cfg.epochs, "head": cfg.head_epochs, "finetune": cfg.finetune_epochs}[name]
+class _CudnnBenchmark:
+    """Set ``torch.backends.cudnn.benchmark`` for one training, restoring it afterwards."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.old = bool(enabled), torch.backends.cudnn.benchmark
+
+    def __enter__(self) -> "_CudnnBenchmark":
+        torch.backends.cudnn.benchmark = self.enabled
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.backends.cudnn.benchmark = self.old
+
+
+def _compile_network(net: WideResNet) -> None:
+    """Compile the network's trunk (stem, blocks, final BN) with ``torch.compile`` for training.
+
+    The trunk is what every training loss runs (CE through ``forward``, SupCon and SimCLR through
+    ``features``, the linear head through ``features`` without gradient), so all phases use it;
+    the weights and their state-dict names stay those of the eager network.
+    """
+    net._trunk = torch.compile(net._trunk)
+
+
+def _uncompile_network(net: WideResNet) -> None:
+    """Back to the eager trunk: evaluation (and anything after training) runs eagerly."""
+    net.__dict__.pop("_trunk", None)
+
+
+class _Threads:
+    """Pin torch's intra-op thread count for one training, restoring it afterwards."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.old = n, torch.get_num_threads()
+
+    def __enter__(self) -> "_Threads":
+        torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.old)
+
+
+def _call(callbacks, name: str, *args) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, name, None)
+        if fn is not None:
+            fn(*args)
+
+
+class _Checkpoint:
+    """``after_epoch``: measure sparsity into the row, keep the history and pruning events, and
+    save the checkpoint a resume starts from (model, optimiser, pruner, threads)."""
+
+    def __init__(self, cfg: RunConfig, store: RunStore, model: nn.Module, net: WideResNet,
+                 phase: Phase, history: list, events: dict, threads: int) -> None:
+        self.cfg, self.store, self.model, self.net, self.phase = cfg, store, model, net, phase
+        self.history, self.events, self.threads = history, events, threads
+        self.pruner = next((cb for cb in phase.callbacks if isinstance(cb, Pruner)), None)
+
+    def after_epoch(self, phase: str, epoch: int, row: dict) -> None:
+        row["sparsity"] = sparsity(self.net)
+        self.history.append(row)
+        if self.pruner is not None:
+            self.events[phase] = self.pruner.events
+        self.store.save_checkpoint(self.cfg, {
+            "phase": phase, "epoch": epoch, "model": self.model.state_dict(),
+            "opt": self.phase.optimizer.state_dict(), "history": self.history,
+            "pruner": self.pruner.state_dict() if self.pruner else None, "events": self.events,
+            "threads": self.threads})
+
+
+class _Progress:
+    """``after_epoch``: advance a tqdm bar by one epoch."""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+
+    def after_epoch(self, phase: str, epoch: int, row: dict) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(phase=phase, loss=f"{row['loss']:.3f}", refresh=False)
 
 
 def train_run(cfg: RunConfig, store: RunStore | None = None, data: Dataset | None = None,
               data_root: str | None = None, device: torch.device | str | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, threads: int | None = None, callbacks: tuple = (),
+              cudnn_benchmark: bool = False, compile: bool = False) -> dict:
     """Train (or load) the run ``cfg`` describes and return its summary.
 
     A finished run in ``store`` is loaded, never retrained. A partial one resumes from its last
-    epoch checkpoint. The returned dict has ``config``, ``path``, ``test_acc``, ``sparsity``,
-    ``history`` and ``state`` (the final WideResNet state dict).
+    epoch checkpoint, with the thread count recorded there. ``threads``: torch threads while
+    training (default 1 on CPU, where one thread per process is fastest for these small convs; the
+    weights depend on it). ``callbacks``: :class:`Callback` objects (each method optional), called
+    after every step, after every epoch (after its checkpoint) and once after the run is stored.
+    Speed options, recorded in ``env.json``, off by default (each changes a run's weights only by
+    floating-point noise, so the bit-for-bit promise holds only with both off):
+    ``cudnn_benchmark`` sets ``torch.backends.cudnn.benchmark`` while training (CUDA: cuDNN times
+    the convolution algorithms for each shape and keeps the fastest); ``compile`` trains with the
+    network's trunk compiled by ``torch.compile`` (evaluation stays eager; the first steps pay the
+    compile time, tens of seconds).
+    The returned dict has ``config``, ``path``, ``test_acc``, ``sparsity``, ``history`` and
+    ``state`` (final weights).
     """
     store = store or RunStore()
     if store.is_done(cfg):
         return load_run(cfg, store)
-    device = torch.device(device) if device is not None else default_device()
-    parent_state = None
-    if cfg.pruning == "oneshot":
-        parent = cfg.parent()
-        if not store.is_done(parent):
-            raise FileNotFoundError(
-                f"one-shot run {cfg.run_hash()} needs its dense parent {parent.run_hash()} "
-                f"({store.path(parent)}), which is not in the store; train the dense population first")
-        parent_state = store.load_state(parent)
-    data = data or load_for_config(cfg, data_root)
-    train = data.train.to(device)
+    device = resolve_device(device)
+    parent_state = _parent_state(cfg, store)
     store.begin(cfg)
     ckpt = store.load_checkpoint(cfg)
+    if ckpt and ckpt.get("threads"):
+        threads = ckpt["threads"]  # a resume computes with the thread count it started with
+    threads = threads or (torch.get_num_threads() if device.type == "cuda" else 1)
+    data = data or load_for_config(cfg, data_root)
+    t_start = time.time()
+    with _Threads(threads), _CudnnBenchmark(cudnn_benchmark):
+        summary = _train(cfg, store, data, device, parent_state, ckpt, progress, threads,
+                         list(callbacks), compile_network=compile)
+    env = run_env(cfg, device, threads, cudnn_benchmark, compile) | {
+        "wall_seconds": time.time() - t_start}
+    store.finish(cfg, summary.pop("state"), summary, summary.pop("logits"), summary.pop("features"),
+                 env=env)
+    _call(callbacks, "after_run", summary)
+    return load_run(cfg, store)
+
+
+def _parent_state(cfg: RunConfig, store: RunStore) -> dict | None:
+    """The final weights of the run ``cfg`` starts from, when its schedule needs one."""
+    if not get_schedule(cfg.pruning).needs_parent:
+        return None
+    parent = cfg.parent()
+    if not store.is_done(parent):
+        raise FileNotFoundError(
+            f"{cfg.schedule} run {cfg.run_hash()} needs its parent run {parent.run_hash()} "
+            f"({store.path(parent)}), which is not in the store; train the {parent.schedule} "
+            "population first")
+    return store.load_state(parent)
+
+
+def _train(cfg: RunConfig, store: RunStore, data: Dataset, device: torch.device, parent_state,
+           ckpt: dict | None, progress: bool, threads: int, callbacks: list,
+           compile_network: bool = False) -> dict:
+    """Restore, run every phase, evaluate: the summary with final state, logits and features."""
+    # restore: the model from its seed, the parent's weights, then the checkpoint's
+    train = data.train.to(device)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
-    net = model.net if isinstance(model, SupConNet) else model
+    method = get_method(cfg.method)
+    model = method.build(cfg).to(device).to(memory_format=torch.channels_last)
+    net = method.network(model)
     if parent_state is not None:
         net.load_state_dict(parent_state)
-
-    names = _phases(cfg)
+    specs = get_schedule(cfg.pruning).phases(method, cfg)
     history: list[dict] = ckpt["history"] if ckpt else []
     events: dict = ckpt.get("events", {}) if ckpt else {}
-    resume_phase = names.index(ckpt["phase"]) if ckpt else 0
+    resume_phase = [s.name for s in specs].index(ckpt["phase"]) if ckpt else 0
     if ckpt:
         model.load_state_dict(ckpt["model"])
+    run_name = (f"run {cfg.run_hash()} ({cfg.method}/{cfg.schedule}"
+                f"{'' if cfg.pruning == 'none' else f'@{cfg.sparsity}'} seed {cfg.seed})")
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(_epochs(cfg, n) for n in names), desc=f"{cfg.method}/{cfg.schedule}"
-                   f"{'' if cfg.pruning == 'none' else f'@{cfg.sparsity}'} seed {cfg.seed}",
+        bar = tqdm(total=sum(s.optim(cfg).epochs for s in specs), desc=run_name[4:],
                    file=sys.stdout, mininterval=10, leave=True)
         bar.update(len(history))
+    # run the phases
+    if compile_network:
+        _compile_network(net)
     try:
-        for pid, name in enumerate(names):
+        for pid, spec in enumerate(specs):
             if pid < resume_phase:
                 continue
-            phase, params, loss_fn, train_mode = _build_phase(cfg, name, model, net, train, device)
-            pruner = next((h for h in phase.hooks if isinstance(h, Pruner)), None)
+            phase = build_phase(cfg, spec, model, net, train, device)
             start, opt_state = 0, None
             if ckpt and pid == resume_phase:
                 start, opt_state = ckpt["epoch"], ckpt["opt"]
+                pruner = next((cb for cb in phase.callbacks if isinstance(cb, Pruner)), None)
                 if pruner is not None and ckpt.get("pruner"):
                     pruner.load_state_dict(ckpt["pruner"])
-
-            def on_epoch(epoch, row, opt, name=name, pruner=pruner):
-                row["sparsity"] = sparsity(net)
-                history.append(row)
-                if pruner is not None:
-                    events[name] = pruner.events
-                store.save_checkpoint(cfg, {"phase": name, "epoch": epoch, "model": model.state_dict(),
-                                            "opt": opt.state_dict(), "history": history,
-                                            "pruner": pruner.state_dict() if pruner else None,
-                                            "events": events})
-
-            fit(model, params, train, loss_fn, phase, cfg.seed, pid, device, start, opt_state,
-                on_epoch, bar, train_mode)
+            phase.callbacks += [_Checkpoint(cfg, store, model, net, phase, history, events, threads),
+                                *callbacks, *([_Progress(bar)] if bar is not None else [])]
+            fit(phase, train, cfg.seed, pid, device, start_epoch=start, opt_state=opt_state,
+                run_name=run_name)
             ckpt = None
     finally:
+        _uncompile_network(net)
         if bar is not None:
             bar.close()
+    # evaluate (always fp32)
     logits, features = predict(net, data.test.images, device)
     acc = float((logits.argmax(1) == data.test.labels).float().mean())
-    summary = {"epochs": history, "pruning_events": events, "test_acc": acc,
-               "sparsity": sparsity(net), "train_images": len(train), "test_images": len(logits)}
-    store.finish(cfg, net.state_dict(), summary, logits, features)
-    return load_run(cfg, store)
-
-
-def _build_phase(cfg: RunConfig, name: str, model: nn.Module, net: WideResNet, train: Split,
-                 device: torch.device):
-    """(Phase, parameters, loss function, train-mode setter) for one phase of ``cfg``."""
-    n = len(train)
-    if name == "train":
-        phase = Phase("train", cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_schedule,
-                      cfg.weight_decay, cfg.momentum, cfg.nesterov, cfg.lr_milestones)
-        total = steps_per_epoch(n, cfg.batch_size) * cfg.epochs
-        if cfg.pruning not in ("none", "oneshot"):
-            begin, end = cfg.gmp_window
-            include = encoder_only if cfg.method == "supcon" else None
-            phase.hooks.append(Pruner.gmp(model, cfg.sparsity, begin, end, total, cfg.gmp_events,
-                                          scope=cfg.gmp_scope, include=include))
-        if cfg.method == "ce":
-            return phase, list(model.parameters()), ce_loss_fn(model, device, cfg.vflip), None
-        return (phase, list(model.parameters()),
-                supcon_loss_fn(model, device, cfg.temperature, cfg.base_temperature), None)
-    if name == "head":
-        phase = Phase("head", cfg.head_epochs, cfg.head_batch_size, cfg.head_lr,
-                      cfg.head_lr_schedule, cfg.head_weight_decay, cfg.momentum)
-        total = steps_per_epoch(n, cfg.head_batch_size) * cfg.head_epochs
-        # the encoder keeps its zeros (masks re-applied is unnecessary: it receives no updates)
-        if cfg.pruning not in ("none", "oneshot"):
-            phase.hooks.append(Pruner.gmp(net, cfg.sparsity, *HEAD_GMP, total, cfg.gmp_events,
-                                          scope=cfg.gmp_scope, include=head_only))
-
-        def head_mode():
-            model.eval()
-            net.fc.train()
-        return phase, list(net.fc.parameters()), linear_head_loss_fn(net, device, cfg.vflip), head_mode
-    # one-shot: global magnitude prune of the dense parent, then CE fine-tuning with masks held
-    phase = Phase("finetune", cfg.finetune_epochs, cfg.finetune_batch_size, cfg.finetune_lr,
-                  "constant", cfg.finetune_weight_decay, 0.9, True)
-    # zeros already present (a resumed run) rank first, so a resume recovers the same masks
-    masks = magnitude_masks(net, cfg.sparsity, cfg.oneshot_scope)
-    apply_masks(net, masks)
-    phase.hooks.append(Pruner(net, masks=masks))
-    if cfg.finetune_head_only:
-        def ft_mode():
-            model.eval()
-            net.fc.train()
-        return phase, list(net.fc.parameters()), linear_head_loss_fn(net, device, cfg.vflip), ft_mode
-    return phase, list(net.parameters()), ce_loss_fn(net, device, cfg.vflip), None
+    return {"epochs": history, "pruning_events": events, "test_acc": acc,
+            "sparsity": sparsity(net), "train_images": len(train), "test_images": len(logits),
+            "state": net.state_dict(), "logits": logits, "features": features}
 
 
 def load_run(cfg: RunConfig, store: RunStore) -> dict:
@@ -334,7 +420,7 @@ def load_run(cfg: RunConfig, store: RunStore) -> dict:
 
 
 def load_model(cfg: RunConfig, store: RunStore, device: torch.device | str = "cpu") -> WideResNet:
-    """The final network of a finished run (for SupCon: encoder + linear classifier)."""
-    net = WideResNet(cfg.depth, cfg.width, cfg.num_classes)
+    """The evaluated network of a finished run (contrastive methods: encoder + linear classifier)."""
+    net = get_method(cfg.method).eval_network(cfg)
     net.load_state_dict(store.load_state(cfg))
     return net.to(device).eval()

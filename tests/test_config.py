@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pcl.config import ConfigError, PRESETS, RunConfig, canonical, get_preset
+from pcl.config import PRESETS, ConfigError, RunConfig, canonical, get_preset
 
 
 def _raises(match_all, **kw):
@@ -131,7 +131,7 @@ def _other_value(name: str, v):
     choices = {"method": "ce", "dataset": "cifar10", "pruning": "oneshot", "lr_schedule": "cosine",
                "head_lr_schedule": "constant", "gmp_scope": "global", "oneshot_scope": "layerwise",
                "depth": v + 6 if isinstance(v, int) else None, "lr_milestones": (0.25, 0.75),
-               "sparsity": 0.7, "gmp_begin": 0.2, "gmp_end": 0.6}
+               "sparsity": 0.7, "gmp_begin": 0.2, "gmp_end": 0.6, "precision": "bf16"}
     if name in choices:
         return choices[name]
     if isinstance(v, bool):
@@ -242,3 +242,52 @@ def test_paper_preset_matches_protocol_table():
     assert (ce.depth, ce.width) == (16, 2) and p.seeds == 30
     assert p.sparsities == (0.3, 0.5, 0.7, 0.9, 0.95)
     assert PRESETS["smoke"].ce.vflip is False and PRESETS["cpu"].ce.vflip is False
+
+
+# --- types and ranges ---------------------------------------------------------------------------
+@pytest.mark.parametrize("field,value", [
+    ("epochs", 2.0), ("epochs", True), ("seed", "0"), ("seed", -1), ("num_classes", 0),
+    ("num_classes", 1), ("temperature", 0.0), ("temperature", -0.5), ("lr", 0.0), ("lr", -0.1),
+    ("lr", float("nan")), ("head_lr", 0), ("finetune_lr", float("inf")), ("weight_decay", -1e-4),
+    ("momentum", 1.0), ("base_temperature", 0.0), ("batch_size", 64.0), ("train_per_class", 2.5),
+    ("vflip", 1), ("precision", "fp16"), ("lr_milestones", (0.5, "x")),
+])
+def test_bad_types_and_ranges_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        RunConfig(**{field: value})
+
+
+def test_ints_are_accepted_for_float_fields():
+    assert RunConfig(lr=1, momentum=0).lr == 1
+
+
+# --- run names that last ------------------------------------------------------------------------
+def test_hash_ignores_fields_at_their_defaults():
+    """Only non-default fields are hashed, so a field added later with a default renames nothing:
+    the default config hashes the empty dict."""
+    import hashlib
+
+    assert RunConfig().run_hash() == hashlib.sha256(b"{}").hexdigest()[:12]
+    one = RunConfig(seed=3)
+    assert one.run_hash() == hashlib.sha256(b'{"seed":3}').hexdigest()[:12]
+
+
+GOLDEN = ("77ceb83b54f7", "dc0d3a7595a5")
+
+
+def test_golden_hashes():
+    """Pinned: changing these renames every stored run (a default must never change)."""
+    a = RunConfig(method="supcon", seed=7, depth=10, width=1, epochs=3, precision="bf16")
+    b = RunConfig(method="ce", pruning="oneshot", sparsity=0.9, train_per_class=200)
+    assert (a.run_hash(), b.run_hash()) == GOLDEN
+
+
+def test_precision_auto_resolves_to_native_bf16_or_fp32():
+    from pcl.config import native_bf16, resolve_precision
+
+    assert resolve_precision("auto") == ("bf16" if native_bf16() else "fp32")
+    assert resolve_precision("fp32") == "fp32"
+    with pytest.raises(ConfigError, match="'fp16'"):
+        resolve_precision("fp16")
+    p = get_preset("smoke", precision="bf16")
+    assert {p.run(m, 0).precision for m in p.methods} == {"bf16"}

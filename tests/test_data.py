@@ -161,6 +161,93 @@ def test_load_cifar10_folder_end_to_end_with_counts_patched(tmp_path, monkeypatc
     assert torch.equal(ds2.test.labels, ds.test.labels)
 
 
+def _full_size_loader(monkeypatch, calls: list | None = None):
+    """Make load_cifar10 accept a tiny export (it wants 50,000/10,000); count folder decodes."""
+    real = D._load_folder_split
+
+    class FullSize(D.Split):
+        full = 0
+
+        def __len__(self):
+            return self.full
+
+    def fake(root, split):
+        if calls is not None:
+            calls.append(split)
+        s = real(root, split)
+        out = FullSize(s.images, s.labels)
+        out.full = 50000 if split == "train" else 10000
+        return out
+
+    monkeypatch.setattr(D, "_load_folder_split", fake)
+
+
+def test_folder_counts_counts_image_files_only(tmp_path):
+    rng = np.random.default_rng(4)
+    per_class = {c: i % 3 + 1 for i, c in enumerate(CIFAR_CLASSES)}
+    _write_export(tmp_path, per_class, rng)
+    (tmp_path / "train" / "dog" / "extra.JPG").write_bytes(b"")  # counted: an image by its name
+    want = [per_class[c] for c in CIFAR_CLASSES]
+    counts = D.folder_counts(tmp_path)
+    assert counts["test"] == want
+    assert counts["train"] == [n + (c == "dog") for n, c in zip(want, CIFAR_CLASSES)]
+    assert D.folder_counts(tmp_path / "nowhere") == {"train": [0] * 10, "test": [0] * 10}
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "move"])
+def test_stale_folder_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch, change):
+    """A cache whose per-class counts differ from the folder's is decoded again, never used."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    _write_export(tmp_path, {c: 2 for c in CIFAR_CLASSES}, rng)
+    calls: list = []
+    _full_size_loader(monkeypatch, calls)
+    first = D.load_cifar10(tmp_path, source="folder")
+    assert calls == ["train", "test"] and (tmp_path / "pcl-cifar10-folder.pt").exists()
+    D.load_cifar10(tmp_path, source="folder")  # counts unchanged: the cache is used
+    assert calls == ["train", "test"]
+    cat = tmp_path / "test" / "cat"
+    if change == "add":
+        new = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+        Image.fromarray(new, mode="RGB").save(cat / "img_zzz.png")
+    elif change == "remove":
+        (cat / "img_000.png").unlink()
+    else:  # same total, different classes: only a per-class check sees it
+        (cat / "img_000.png").rename(tmp_path / "test" / "dog" / "img_zzz.png")
+    with pytest.warns(UserWarning, match=r"test/cat has \d images, the cache 2"):
+        again = D.load_cifar10(tmp_path, source="folder")
+    assert calls == ["train", "test"] * 2
+    assert torch.equal(again.train.images, first.train.images)  # train unchanged
+    counts = torch.bincount(again.test.labels, minlength=10).tolist()
+    assert counts == D.folder_counts(tmp_path)["test"]
+    cat_px = again.test.images[again.test.labels == CIFAR_CLASSES.index("cat")]
+    if change == "add":
+        assert len(cat_px) == 3 and np.array_equal(cat_px[-1].numpy(), np.transpose(new, (2, 0, 1)))
+    else:
+        assert len(cat_px) == 1
+    # the rebuilt cache matches the folder now: used again without decoding
+    D.load_cifar10(tmp_path, source="folder")
+    assert calls == ["train", "test"] * 2
+
+
+def _png(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, bytes]:
+    _write_export(tmp_path, {c: 2 for c in CIFAR_CLASSES}, rng, splits=("train",))
+    f = tmp_path / "train" / "horse" / "img_001.png"
+    return f, f.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_undecodable_image_is_a_data_error_naming_the_file(tmp_path, damage):
+    f, raw = _png(tmp_path, np.random.default_rng(6))
+    f.write_bytes({"truncated": raw[: len(raw) // 2], "garbage": b"not a png at all" * 20,
+                   "empty": b""}[damage])
+    with pytest.raises(D.DataError) as ei:
+        D._load_folder_split(tmp_path, "train")
+    assert str(f) in str(ei.value) and "corrupt" in str(ei.value)
+    assert isinstance(ei.value.__cause__, (OSError, SyntaxError, ValueError))
+
+
 def test_folder_missing_class_names_it(tmp_path):
     rng = np.random.default_rng(2)
     _write_export(tmp_path, {c: 1 for c in CIFAR_CLASSES if c != "frog"}, rng)

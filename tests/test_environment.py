@@ -1,7 +1,8 @@
 """environment.yml (conda users) and pyproject.toml (pip) declare the same dependencies."""
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,14 +19,15 @@ def _pyproject() -> dict[str, str]:
 
 def _environment() -> dict[str, str]:
     lines = (ROOT / "environment.yml").read_text().splitlines()
-    start = next(i for i, l in enumerate(lines) if l.strip() == "- pip:")
-    reqs = [l.strip()[2:] for l in lines[start + 1:] if l.strip().startswith("- ")]
+    start = next(i for i, line in enumerate(lines) if line.strip() == "- pip:")
+    reqs = [line.strip()[2:] for line in lines[start + 1:] if line.strip().startswith("- ")]
     return {_name(r): r.replace(" ", "") for r in reqs}
 
 
 def test_same_packages_and_versions():
     py, env = _pyproject(), _environment()
-    assert set(py) == set(env), f"only in pyproject: {set(py) - set(env)}; only in environment.yml: {set(env) - set(py)}"
+    assert set(py) == set(env), (f"only in pyproject: {set(py) - set(env)}; "
+                                 f"only in environment.yml: {set(env) - set(py)}")
     assert py == env
 
 

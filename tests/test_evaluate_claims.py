@@ -1,6 +1,5 @@
 """Population tables and the claims table on a hand-made run store (no training)."""
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -30,17 +29,22 @@ def store(tmp_path, smoke):
     # gmp_late @ 0.9: identical to the dense modal labels -> no PIEs
     _put(st, smoke.run("ce", 0, "gmp_late", 0.9), [0, 1, 2, 3, 4, 4], 0.5)
     _put(st, smoke.run("ce", 1, "gmp_late", 0.9), [0, 1, 2, 3, 4, 4], 0.5)
+    # noise floor (seeds 2, 3): modal = [0, 1, 2, 3, 3 (tie 3/4), 4] -> 1 floor PIE (image 4)
+    _put(st, smoke.run("ce", 2), [0, 1, 2, 3, 4, 4], 0.6)
+    _put(st, smoke.run("ce", 3), [0, 1, 2, 3, 3, 4], 0.6)
     return st
 
 
 def test_plan_counts(smoke):
-    # per method: dense 2 seeds; GMP 2 schedules x 2 sparsities x 2 seeds; one-shot 2 x 2; onset 1 x 2
+    # per method: dense 2 seeds; noise floor 2 seeds; GMP 2 schedules x 2 sparsities x 2 seeds;
+    # one-shot 2 x 2; onset 1 x 2
     assert len(study.plan(smoke, "dense")) == 4
+    assert [c.seed for c in study.plan(smoke, "floor")] == [2, 3, 2, 3]
     assert len(study.plan(smoke, "gmp")) == 16
     assert len(study.plan(smoke, "oneshot")) == 8
     assert len(study.plan(smoke, "onset")) == 4
-    assert len(study.plan(smoke)) == 32
-    assert len({c.run_hash() for c in study.plan(smoke)}) == 32
+    assert len(study.plan(smoke)) == 36
+    assert len({c.run_hash() for c in study.plan(smoke)}) == 36
     with pytest.raises(ValueError, match="stage 'bogus'"):
         study.plan(smoke, "bogus")
 
@@ -57,55 +61,56 @@ def test_pie_table_hand_example(store, smoke):
 
 def test_run_table_and_counts(store, smoke):
     rt = evaluate.run_table(smoke, store)
-    assert len(rt) == 6
+    assert len(rt) == 8
     assert rt[rt.schedule == "dense"].test_acc.sort_values().tolist() == [0.6, 0.7]
-    counts = claims.pie_count_intervals(smoke, store, n_resamples=50).set_index("schedule")
+    assert sorted(rt[rt.schedule == "floor"].seed) == [2, 3]
+    counts = claims.pie_count_intervals(smoke, store).set_index("schedule")
     assert counts.loc["gmp_early", "pies"] == 2 and counts.loc["gmp_late", "pies"] == 0
-    assert counts.loc["gmp_early", "ci_low"] <= 2 <= counts.loc["gmp_early", "ci_high"]
+    assert (counts.floor == 1).all() and (counts.pies_over_floor == counts.pies).all()
+    assert (counts.ties_dense == 1).all() and (counts.ties_floor == 1).all()  # image 5; image 4
+    assert counts.loc["gmp_early", "ties_pruned"] == 1 and counts.loc["gmp_late", "ties_pruned"] == 0
+    assert counts.ci_low.isna().all()  # two seeds: no interval
 
 
-def test_claim3_early_vs_late(store, smoke):
-    t1 = claims.claims_table(smoke, store, n_resamples=200)
-    row = t1[t1.claim.str.startswith("3.")].iloc[0]
-    assert row.estimate == 2  # 2 PIEs early - 0 late
-    assert row.verdict in (claims.HOLDS, claims.UNCLEAR)
+def test_claims_table_on_a_store(store, smoke):
+    t1 = claims.claims_table(smoke, store)  # no dataset: prediction depth left out
+    assert list(t1.columns) == list(claims.COLUMNS) and set(t1.verdict) == {claims.UNCLEAR}
+    row = t1[t1.statistic == "PIEs(gmp_early) - PIEs(gmp_late)"].iloc[0]
+    assert row.estimate == 2 and not row.decides  # 2 PIEs early - 0 late; shown, does not decide
+    assert t1.claim.str.startswith("2.").sum() == 2  # Q-Score rows for both schedules
     md = claims.claims_markdown(t1)
     assert md.count("\n") == len(t1) + 1 and "| 3. Early pruning hurts most |" in md
 
 
+def test_load_evidence_reads_per_model_arrays(store, smoke, monkeypatch):
+    """Q-Scores of every model and prediction depth of the first pd_models models, from the
+    cached probes (here: probes that agree with the final prediction everywhere, so depth 0)."""
+    calls = []
+
+    def probes(cfg, st, data, k, n):
+        calls.append((cfg.seed, k, n))
+        return np.tile(st.load_logits(cfg).argmax(1).numpy(), (3, 1))
+
+    monkeypatch.setattr(evaluate, "probe_predictions", probes)
+    ev = claims.load_evidence(smoke, store, data="sentinel")
+    dense, early = ("ce", "dense", 0.0), ("ce", "gmp_early", 0.9)
+    assert ev.preds[("ce", "floor", 0.0)].shape == (2, N) and ("ce", "floor", 0.0) not in ev.qscores
+    assert ev.qscores[dense].shape == (2, N) and ev.qscores[early].shape == (2, N)
+    assert ev.depths[early].shape == (smoke.pd_models, N) and (ev.depths[early] == 0).all()
+    assert {c[1:] for c in calls} == {(smoke.knn_k, smoke.pd_train_images)}
+    rows = {r["comparison"].split()[1]: r for r in claims.claim_2(ev) if "depth" in r["statistic"]}
+    assert rows["gmp_early"]["estimate"] == 0
+    assert np.isnan(rows["gmp_late"]["estimate"])  # no PIEs: nothing to compare
+    assert rows["gmp_late"]["verdict"] == claims.UNCLEAR
+
+
 @pytest.mark.parametrize("low,high,greater,expected", [
-    (0.5, 2.0, True, claims.HOLDS), (-2.0, -0.5, True, claims.FAILS), (-1.0, 1.0, True, claims.UNCLEAR),
-    (-2.0, -0.5, False, claims.HOLDS), (0.5, 2.0, False, claims.FAILS), (float("nan"), 1.0, True, claims.UNCLEAR),
+    (0.5, 2.0, True, claims.HOLDS), (-2.0, -0.5, True, claims.CONTRADICTED),
+    (-1.0, 1.0, True, claims.UNCLEAR), (-2.0, -0.5, False, claims.HOLDS),
+    (0.5, 2.0, False, claims.CONTRADICTED), (float("nan"), 1.0, True, claims.UNCLEAR),
 ])
 def test_verdict(low, high, greater, expected):
     assert claims.verdict(low, high, 0.0, greater) == expected
-
-
-def test_image_bootstrap_hand_example():
-    values = np.array([1.0, 1, 1, 5, 5, 5, 1, 5])
-    groups = np.array([False, False, False, True, True, True, False, True])
-    p, lo, hi = claims.image_bootstrap(values, groups, n_resamples=200)
-    assert p == 4.0 and lo == 4.0 and hi == 4.0  # groups are internally constant
-
-
-def test_seed_bootstrap_constant_statistic():
-    preds = {("ce", "dense", 0.0): np.zeros((3, 5), int)}
-    assert claims.seed_bootstrap(preds, lambda d: 7.0, 50) == (7.0, 7.0, 7.0)
-
-
-def test_seed_bootstrap_bias_correction_by_hand():
-    """The interval is the resamples' percentile interval shifted by (mean of resamples - point).
-
-    Reference: the same resamples drawn by hand with the same generator."""
-    preds = {("ce", "dense", 0.0): np.array([[0], [1], [1]])}
-    stat = lambda d: float(d[("ce", "dense", 0.0)].sum())  # noqa: E731
-    p, lo, hi = claims.seed_bootstrap(preds, stat, n_resamples=400, seed=3)
-    rng = np.random.default_rng(3)
-    vals = np.array([preds[("ce", "dense", 0.0)][rng.integers(0, 3, 3)].sum() for _ in range(400)])
-    bias = vals.mean() - 2.0
-    assert p == 2.0
-    assert lo == pytest.approx(np.quantile(vals, 0.025) - bias)
-    assert hi == pytest.approx(np.quantile(vals, 0.975) - bias)
 
 
 def test_umap_cached_under_a_stable_key(store, smoke, monkeypatch):

@@ -11,7 +11,6 @@ import warnings
 from collections import Counter
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from pcl import metrics as M
@@ -290,7 +289,8 @@ def test_knn_validation_and_torch_input():
     with pytest.raises(ValueError, match="k must"):
         M.knn_predict(train_x, train_y, train_x, k=0, device="cpu")
     # each training point is its own nearest neighbour
-    np.testing.assert_array_equal(M.knn_predict(train_x, train_y, train_x, k=1, device="cpu"), train_y.numpy())
+    np.testing.assert_array_equal(M.knn_predict(train_x, train_y, train_x, k=1, device="cpu"),
+                                  train_y.numpy())
 
 
 def test_knn_predict_many(knn_data):
@@ -300,7 +300,8 @@ def test_knn_predict_many(knn_data):
     out = M.knn_predict_many(taps_tr, train_y, taps_te, k=5, device="cpu")
     assert out.shape == (2, 300)
     for t in range(2):
-        np.testing.assert_array_equal(out[t], M.knn_predict(taps_tr[t], train_y, taps_te[t], k=5, device="cpu"))
+        np.testing.assert_array_equal(
+            out[t], M.knn_predict(taps_tr[t], train_y, taps_te[t], k=5, device="cpu"))
     with pytest.raises(ValueError):
         M.knn_predict_many(taps_tr, train_y, taps_te[:1], k=5)
 
@@ -312,9 +313,9 @@ def _depth_brute(probe, final):
     taps, n = probe.shape
     out = []
     for i in range(n):
-        for l in range(taps + 1):
-            if all(probe[j, i] == final[i] for j in range(l, taps)):
-                out.append(l)
+        for d in range(taps + 1):
+            if all(probe[j, i] == final[i] for j in range(d, taps)):
+                out.append(d)
                 break
     return np.array(out)
 
@@ -354,7 +355,8 @@ def test_prediction_depth_label_variant():
     np.testing.assert_array_equal(M.prediction_depth_variant(probe, final, labels, "final"), [0, 0])
     # against labels, image 0 is never right -> depth = taps = 3
     np.testing.assert_array_equal(M.prediction_depth_variant(probe, final, labels, "label"), [3, 0])
-    np.testing.assert_array_equal(M.prediction_depth_variant(probe, final, labels, "label"), _depth_brute(probe, labels))
+    np.testing.assert_array_equal(M.prediction_depth_variant(probe, final, labels, "label"),
+                                  _depth_brute(probe, labels))
     with pytest.raises(ValueError, match="final.*label"):
         M.prediction_depth_variant(probe, final, labels, "truth")
     with pytest.raises(ValueError):
@@ -363,64 +365,6 @@ def test_prediction_depth_label_variant():
 
 # --------------------------------------------------------------------------
 # bootstrap
-# --------------------------------------------------------------------------
-def test_bootstrap_ci_contains_mean_and_narrows():
-    rng = np.random.default_rng(7)
-    small = rng.normal(1.0, 1.0, size=8)
-    large = rng.normal(1.0, 1.0, size=400)
-    p_s, lo_s, hi_s = M.bootstrap_ci(small)
-    p_l, lo_l, hi_l = M.bootstrap_ci(large)
-    assert p_s == pytest.approx(small.mean()) and lo_s < p_s < hi_s
-    assert p_l == pytest.approx(large.mean()) and lo_l < p_l < hi_l
-    assert hi_l - lo_l < hi_s - lo_s
-    # large n: close to the normal-theory interval mean +- 1.96 s / sqrt(n)
-    half = 1.96 * large.std(ddof=1) / math.sqrt(large.size)
-    assert lo_l == pytest.approx(p_l - half, abs=0.2 * half)
-    assert hi_l == pytest.approx(p_l + half, abs=0.2 * half)
-    # deterministic for a fixed seed
-    assert M.bootstrap_ci(small, seed=3) == M.bootstrap_ci(small, seed=3)
-
-
-def test_bootstrap_ci_is_percentile_interval_on_skewed_data():
-    rng = np.random.default_rng(10)
-    x = rng.lognormal(0.0, 1.5, size=25)  # strongly right-skewed
-    p, lo, hi = M.bootstrap_ci(x, n_resamples=4000)
-    # independent reference: plain numpy percentile bootstrap of the mean
-    boot = x[np.random.default_rng(99).integers(0, x.size, size=(20000, x.size))].mean(axis=1)
-    ref_lo, ref_hi = np.quantile(boot, [0.025, 0.975])
-    width = ref_hi - ref_lo
-    assert lo == pytest.approx(ref_lo, abs=0.05 * width)
-    assert hi == pytest.approx(ref_hi, abs=0.05 * width)
-    assert hi - p > p - lo  # percentile interval inherits the right skew
-
-
-def test_bootstrap_ci_degenerate_cases():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert M.bootstrap_ci(np.full(5, 0.7)) == (0.7, 0.7, 0.7)
-    p, lo, hi = M.bootstrap_ci([0.3])
-    assert p == 0.3 and math.isnan(lo) and math.isnan(hi)
-    p, lo, hi = M.bootstrap_ci([1.0, 2.0, 9.0], statistic=np.median)
-    assert p == 2.0 and lo <= p <= hi
-
-
-def test_bootstrap_diff_ci():
-    rng = np.random.default_rng(8)
-    a = rng.normal(2.0, 1.0, size=400)
-    b = rng.normal(0.0, 2.0, size=300)
-    d, lo, hi = M.bootstrap_diff_ci(a, b)
-    assert d == pytest.approx(a.mean() - b.mean())
-    assert lo < d < hi and lo > 0  # a clear positive shift excludes 0
-    half = 1.96 * math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
-    assert lo == pytest.approx(d - half, abs=0.2 * half)
-    assert hi == pytest.approx(d + half, abs=0.2 * half)
-    assert M.bootstrap_diff_ci([1.0, 1.0, 1.0], [0.25, 0.25]) == (0.75, 0.75, 0.75)
-    d, lo, hi = M.bootstrap_diff_ci([1.0], [0.0, 1.0])
-    assert d == 0.5 and math.isnan(lo) and math.isnan(hi)
-
-
-# --------------------------------------------------------------------------
-# UMAP
 # --------------------------------------------------------------------------
 def test_umap_embedding_shape_and_determinism():
     pytest.importorskip("umap")

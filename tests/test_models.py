@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from pcl import augment
 from pcl.config import RunConfig
 from pcl.models import SupConNet, WideResNet, build_model, count_parameters, wide_resnet
 
@@ -114,7 +115,7 @@ def test_supcon_project_unit_norm_and_dims():
     assert out.shape == (5, 10)
     # head: Linear(f, f) -> ReLU -> Linear(f, proj)
     lin = [mod for mod in m.head if isinstance(mod, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in lin] == [(64, 64), (64, 32)]
+    assert [(x.in_features, x.out_features) for x in lin] == [(64, 64), (64, 32)]
     assert isinstance(m.head[1], nn.ReLU)
 
 
@@ -123,3 +124,26 @@ def test_build_model_by_method():
     sc = build_model(RunConfig(method="supcon", depth=10, width=1, proj_dim=16))
     assert type(ce) is WideResNet and isinstance(sc, SupConNet)
     assert sc.head[-1].out_features == 16 and sc.net.depth == 10
+
+
+def test_eval_forward_is_batch_size_invariant_and_shared_by_predict_and_taps():
+    """predict (logits, features) and the probe taps come from one loop: any batch size gives the
+    one-pass result, and the taps' last two are the features and the logits."""
+    from pcl.evaluate import tap_features
+    from pcl.models import channels_last, eval_forward
+    from pcl.train import predict
+
+    torch.manual_seed(3)
+    net = wide_resnet(10, 1).eval()
+    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+    logits, feats = predict(net, images, "cpu", batch_size=3)
+    with torch.no_grad():
+        x = channels_last(augment.eval_transform(images))
+        torch.testing.assert_close(feats, net.features(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logits, net(x), rtol=1e-5, atol=1e-6)
+    taps = tap_features(net, images, "cpu", batch_size=2)
+    assert len(taps) == len(net.tap_names())
+    torch.testing.assert_close(taps[-2], feats, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(taps[-1], logits, rtol=1e-5, atol=1e-6)
+    one = eval_forward(net, images, "cpu", lambda x: (net.features(x),), batch_size=100)[0]
+    torch.testing.assert_close(one, feats, rtol=1e-5, atol=1e-6)

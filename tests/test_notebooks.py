@@ -12,8 +12,8 @@ NOTEBOOKS = reproduce.notebooks(ROOT / "notebooks")
 FIGURES = ["F0_training_curves", "F0_gmp_schedules", "F1_accuracy_vs_sparsity",
            "F2_pies_vs_sparsity", "F3_pies_per_class", "F4_pie_overlap",
            "F5_qscore_dense_vs_pruned", "F6_depth_dense_vs_pruned", "F6b_depth_distributions",
-           "F7_umap", "F8_schedule_effect"]
-TABLES = ["runs", "pies", "qscores", "pie_counts", "depths", "claims"]
+           "F7_umap", "F8_schedule_effect", "F9_pie_gallery", "F9b_unique_pies"]
+TABLES = ["runs", "pies", "qscores", "pie_counts", "depths", "claims", "images"]
 
 
 def test_nine_numbered_notebooks():
@@ -64,14 +64,15 @@ def test_failing_notebook_stops_chain(tmp_path):
 
 @pytest.mark.slow
 def test_whole_chain_smoke_synthetic(tmp_path, monkeypatch):
-    """Every notebook runs under papermill (smoke preset, synthetic data) and every figure and
-    table file is produced and non-empty."""
+    """Every notebook runs under papermill (smoke preset with SimCLR as a third method, synthetic
+    data) and every figure and table file is produced and non-empty."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "executed"
-    done = reproduce.run_chain("smoke", dataset="synthetic", out=out, runs="runs",
+    done = reproduce.run_chain("smoke-extended", dataset="synthetic", out=out, runs="runs",
                                folder=ROOT / "notebooks")
     assert [p.name for p in done] == [p.name for p in NOTEBOOKS]
-    fig_dir, tab_dir = tmp_path / "figures" / "smoke-synthetic", tmp_path / "results" / "smoke-synthetic"
+    tag = "smoke-extended-synthetic"
+    fig_dir, tab_dir = tmp_path / "figures" / tag, tmp_path / "results" / tag
     for f in FIGURES:
         for ext in ("png", "pdf"):
             p = fig_dir / f"{f}.{ext}"
@@ -79,6 +80,11 @@ def test_whole_chain_smoke_synthetic(tmp_path, monkeypatch):
     for t in TABLES:
         p = tab_dir / f"{t}.csv"
         assert p.exists() and len(p.read_text().splitlines()) > 1, p
+    # SimCLR trained, was evaluated and reaches the claims table (claim 1 asks it against CE)
+    import pandas as pd
+
+    assert set(pd.read_csv(tab_dir / "runs.csv").method) == {"ce", "supcon", "simclr"}
+    assert pd.read_csv(tab_dir / "claims.csv").comparison.str.contains("simclr").any()
     # executed copies carry outputs (they are the documentation)
     nb = nbformat.read(out / "01_train_dense.ipynb", as_version=4)
     assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")

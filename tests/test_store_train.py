@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import replace
+import time
 
 import pytest
 import torch
@@ -59,7 +59,7 @@ def test_finished_run_has_done_and_all_files(done_store):
     assert "checkpoint.pt" not in names
     assert not [n for n in names if n.endswith(".tmp")]
     recorded = json.loads((d / "DONE").read_text())
-    assert set(recorded) == set(RUN_FILES)
+    assert set(recorded) == set(RUN_FILES) | {"env.json"}
     for name, digest in recorded.items():
         assert digest == _sha(d / name)
     assert json.loads((d / "config.json").read_text()) == CE.to_dict()
@@ -128,11 +128,9 @@ def _record_fit(monkeypatch):
     calls = []
     real = TR.fit
 
-    def wrapped(model, params, split, loss_fn, phase, seed, phase_id, device, start_epoch=0,
-                *a, **k):
+    def wrapped(phase, split, seed, phase_id, device, start_epoch=0, *a, **k):
         calls.append((phase.name, start_epoch))
-        return real(model, params, split, loss_fn, phase, seed, phase_id, device, start_epoch,
-                    *a, **k)
+        return real(phase, split, seed, phase_id, device, start_epoch, *a, **k)
 
     monkeypatch.setattr(TR, "fit", wrapped)
     return calls
@@ -305,3 +303,137 @@ def test_lr_schedule_hand_values():
     assert TR.lr_at(50, 100, 1.0, "step", (0.5, 0.75)) == pytest.approx(0.1)
     assert TR.lr_at(80, 100, 1.0, "step", (0.5, 0.75)) == pytest.approx(0.01)
     assert TR.steps_per_epoch(200, 64) == 3 and TR.steps_per_epoch(10, 64) == 1
+
+
+# --- store: first writer wins, damaged DONE, orphans, extra files ------------------------------
+def _fake_outputs(writer: int):
+    """A finish() payload that names its writer in every file (to detect mixed files)."""
+    state = {"w": torch.full((4,), float(writer))}
+    history = {"writer": writer, "test_acc": 0.5, "sparsity": 0.0, "epochs": []}
+    return state, history, torch.full((3, 2), float(writer)), torch.full((3, 5), float(writer))
+
+
+def _writers_of(store, cfg) -> set[int]:
+    d = store.path(cfg)
+    return {int(torch.load(d / "model.pt")["w"][0]), json.loads((d / "history.json").read_text())["writer"],
+            int(torch.load(d / "logits.pt")[0, 0]), int(torch.load(d / "features.pt")[0, 0])}
+
+
+def test_finish_never_overwrites_a_finished_run(tmp_path):
+    store = RunStore(tmp_path)
+    store.finish(CE, *_fake_outputs(1), env={"host": "a"})
+    done_before = (store.path(CE) / "DONE").read_bytes()
+    store.save_checkpoint(CE, {"x": 1})  # a late writer's checkpoint is not kept in a done run
+    assert not (store.path(CE) / "checkpoint.pt").exists()
+    store.finish(CE, *_fake_outputs(2), env={"host": "b"})
+    assert (store.path(CE) / "DONE").read_bytes() == done_before
+    assert _writers_of(store, CE) == {1}
+    assert store.load_env(CE) == {"host": "a"}
+    store.verify(CE)
+    assert not [p for p in store.path(CE).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_concurrent_finishes_never_mix_files_nor_fail_readers(tmp_path):
+    """Eight writers finish the same run at once while a reader verifies it: one writer's files."""
+    import threading
+
+    for rnd in range(4):
+        store = RunStore(tmp_path / str(rnd))
+        store.begin(CE)
+        errors: list[BaseException] = []
+        go = threading.Barrier(9)
+
+        def write(i):
+            go.wait()
+            try:
+                store.finish(CE, *_fake_outputs(i), env={"writer": i})
+            except BaseException as e:
+                errors.append(e)
+
+        def read():
+            go.wait()
+            t_end = time.time() + 3
+            while time.time() < t_end:
+                if store.is_done(CE):
+                    try:
+                        store.verify(CE)
+                    except BaseException as e:  # a false CorruptRunError would land here
+                        errors.append(e)
+                    return
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+        threads.append(threading.Thread(target=read))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        store.verify(CE)
+        writers = _writers_of(store, CE)
+        assert len(writers) == 1 and store.load_env(CE) == {"writer": writers.pop()}
+        assert sorted(p.name for p in store.path(CE).iterdir()) == sorted(
+            RUN_FILES + ("DONE", "env.json"))
+
+
+@pytest.mark.parametrize("content", [b"[]", b"null", b"42", b"\x00garbage{", b'{"model.pt": 5}',
+                                     b'{"../x": "' + b"0" * 64 + b'"}', b"{}"],
+                         ids=["list", "null", "number", "garbage", "not-hash", "path", "empty"])
+def test_damaged_done_is_a_clear_corrupt_run_error(done_store, tmp_path, content):
+    store = RunStore(tmp_path)
+    src, dst = done_store.path(CE), store.path(CE)
+    dst.mkdir(parents=True)
+    for p in src.iterdir():
+        if p.is_file():
+            (dst / p.name).write_bytes(p.read_bytes())
+    (dst / "DONE").write_bytes(content)
+    for load in (store.load_state, store.load_history, store.verify):
+        with pytest.raises(CorruptRunError, match="DONE") as ei:
+            load(CE)
+        assert str(dst) in str(ei.value)
+
+
+def test_verify_checks_every_file_done_lists(tmp_path):
+    store = RunStore(tmp_path)
+    store.finish(CE, *_fake_outputs(1), extra_files={"notes.txt": b"raw bytes", "meta.json": [1, 2]})
+    rec = json.loads((store.path(CE) / "DONE").read_text())
+    assert set(rec) == set(RUN_FILES) | {"notes.txt", "meta.json"}
+    assert (store.path(CE) / "notes.txt").read_bytes() == b"raw bytes"
+    assert store.load_json(CE, "meta.json") == [1, 2]
+    assert store.load_env(CE) is None
+    store.verify(CE)
+    (store.path(CE) / "notes.txt").write_bytes(b"raw bytez")
+    with pytest.raises(CorruptRunError, match="notes.txt"):
+        store.verify(CE)
+    for bad in ("DONE", "model.pt", "../x", ".hidden", "checkpoint.pt"):
+        with pytest.raises(ValueError, match="not allowed"):
+            RunStore(tmp_path / "b").finish(CE, *_fake_outputs(1), extra_files={bad: b""})
+
+
+def test_orphan_temporaries_are_ignored_and_cleaned(tmp_path):
+    store = RunStore(tmp_path)
+    d = store.begin(CE)
+    old = time.time() - 3600
+    orphans = [d / ".model.pt.x1.tmp", d / ".finish.x2.tmp", d / "eval" / ".q.pt.x3.tmp"]
+    orphans[1].mkdir()
+    (orphans[1] / "model.pt").write_bytes(b"half")
+    orphans[2].parent.mkdir()
+    for p in (orphans[0], orphans[2]):
+        p.write_bytes(b"half a file")
+    for p in orphans:
+        os.utime(p, (old, old))
+    young = d / ".history.json.x4.tmp"
+    young.write_bytes(b"a writer at work")
+    store.finish(CE, *_fake_outputs(1))
+    store.verify(CE)  # orphans never read
+    assert sorted(store.clean_orphans(CE)) == sorted(orphans)
+    assert young.exists() and not any(p.exists() for p in orphans)
+    assert store.clean_orphans(CE, min_age=0) == [young]
+
+
+def test_files_are_shared_as_the_umask_allows(tmp_path):
+    from pcl.store import _UMASK
+
+    store = RunStore(tmp_path)
+    store.finish(CE, *_fake_outputs(1))
+    for p in store.path(CE).iterdir():
+        assert p.stat().st_mode & 0o777 == 0o666 & ~_UMASK, p.name

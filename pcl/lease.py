@@ -1,0 +1,278 @@
+"""Run leases: one trainer per run, across processes and machines, on any shared file system.
+
+Before training a run, a worker takes ``<run>/LEASE``: a small JSON file (holder host, pid, job
+token, a random nonce, time) created with ``O_CREAT | O_EXCL``, which succeeds for exactly one
+creator, also on NFS (v3 and later), where ``flock`` is often absent or local to one machine. The
+holder refreshes it every epoch (:class:`LeaseCallback`, a ``train_run`` callback). Another worker
+that finds a live lease leaves the run alone and comes back to it later. A lease not refreshed for
+``stale_after`` seconds (its holder was killed, or its machine died) is stale and may be taken
+over; so may a lease whose holder process is gone from this very machine, or one held by the same
+job token (a requeued cluster job picking up its own run).
+
+Take-over without races: the taker renames the stale ``LEASE`` to a name only it uses (a rename
+succeeds for one caller only), checks that what it moved is still the stale lease it judged (if the
+holder refreshed in between, it links it back without overwriting anything), deletes it and then
+creates a fresh ``LEASE`` with ``O_EXCL`` like any first taker. Release works the same way, so a
+worker never deletes a lease that is not its own. A refresh first checks that the lease still
+carries its nonce and raises :class:`LeaseLostError` if not: a holder that stalled for longer than
+``stale_after`` stops instead of training on beside the worker that took its run over.
+
+Every acquisition, take-over, release and loss is appended to ``<run>/LEASE.log`` (one JSON object
+per line): who trained a run, where, and how often it was requeued.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+LEASE_NAME = "LEASE"
+LOG_NAME = "LEASE.log"
+#: Half an hour: far longer than one epoch of any preset, short enough to recover a dead node's runs.
+DEFAULT_STALE_AFTER = 1800.0
+
+
+class LeaseLostError(RuntimeError):
+    """The lease this worker held was taken over by another worker (it was judged stale)."""
+
+
+def _pid_namespace() -> str:
+    """Identifies the process-id space: pids are comparable only within one (containers differ)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    """Is ``pid`` a running (not zombie) process of this machine?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def read_lease(path: str | Path) -> dict | None:
+    """The lease at ``path``: its JSON, ``{'unreadable': True, 'mtime': ...}`` while it is being
+    written (or was left empty by a killed creator), or None when there is none."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+            mtime = os.fstat(f.fileno()).st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        info = json.loads(data)
+        if isinstance(info, dict) and isinstance(info.get("time"), (int, float)):
+            return info
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    return {"unreadable": True, "mtime": mtime}
+
+
+class Lease:
+    """The lease file ``path`` as seen by one would-be holder.
+
+    ``token``: an identity that survives a restart of the same job (e.g. the cluster job id of a
+    requeued job); a lease carrying this holder's token is taken over at once. ``log``: the file
+    to append events to (None: no log).
+    """
+
+    def __init__(self, path: str | Path, stale_after: float = DEFAULT_STALE_AFTER,
+                 token: str | None = None, log: str | Path | None = None) -> None:
+        if not stale_after > 0:
+            raise ValueError(f"stale_after must be a positive number of seconds; got {stale_after!r}")
+        self.path = Path(path)
+        self.stale_after = float(stale_after)
+        self.token = token
+        self.log_path = Path(log) if log is not None else None
+        self.nonce = secrets.token_hex(8)
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.held = False
+        self._beat = 0
+
+    # --- state -----------------------------------------------------------------------------------
+    def _record(self) -> dict:
+        return {"host": self.host, "pid": self.pid, "pidns": _pid_namespace(), "token": self.token,
+                "nonce": self.nonce, "time": time.time(), "beat": self._beat}
+
+    def holder(self) -> dict | None:
+        """The current lease (anyone's), or None."""
+        return read_lease(self.path)
+
+    def is_stale(self, info: dict) -> bool:
+        """May ``info`` (a lease read from disk) be taken over by this worker?"""
+        if info.get("unreadable"):
+            return time.time() - info["mtime"] > self.stale_after
+        if self.token is not None and info.get("token") == self.token:
+            return True  # our own job, restarted (requeued after a pre-emption or time-out)
+        if time.time() - info["time"] > self.stale_after:
+            return True
+        same_machine = info.get("host") == self.host and info.get("pidns") == _pid_namespace()
+        return same_machine and isinstance(info.get("pid"), int) and not _pid_alive(info["pid"])
+
+    def is_live(self) -> bool:
+        """Does someone (this worker included) hold a lease that must be respected?"""
+        info = self.holder()
+        return info is not None and (info.get("nonce") == self.nonce or not self.is_stale(info))
+
+    # --- taking and giving back ------------------------------------------------------------------
+    def _create(self) -> bool:
+        """Create the lease file exclusively; False when it exists."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._record(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+    def _move_aside(self, expected: dict | None) -> bool:
+        """Rename the lease file to a private name; keep it there (True) only when it is
+        ``expected`` (or, for ``expected=None``, this worker's own); otherwise put it back."""
+        grave = self.path.with_name(f"{self.path.name}.{self.nonce}.{secrets.token_hex(4)}.gone")
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return False
+        moved = read_lease(grave)
+        if expected is None:
+            ok = moved is not None and moved.get("nonce") == self.nonce
+        else:
+            ok = moved == expected
+        if not ok:  # someone refreshed or re-took it meanwhile: restore it, overwriting nothing
+            try:
+                os.link(grave, self.path)
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links: rename back if still free
+                if not self.path.exists():
+                    os.rename(grave, self.path)
+        grave.unlink(missing_ok=True)
+        return ok
+
+    def acquire(self) -> bool:
+        """Take the lease: True if this worker now holds it, False if a live holder has it."""
+        if self.held:
+            return True
+        for _ in range(5):
+            if self._create():
+                self.held = True
+                self.log("acquired")
+                return True
+            info = read_lease(self.path)
+            if info is None:
+                continue  # released between our create and read: try again
+            if not self.is_stale(info):
+                return False
+            if self._move_aside(info) and self._create():
+                self.held = True
+                self.log("taken_over", previous=info)
+                return True
+        return False
+
+    def refresh(self) -> None:
+        """Show that the holder is alive; raises LeaseLostError if the lease was taken over."""
+        info = read_lease(self.path)
+        if info is None or info.get("nonce") != self.nonce:
+            self.held = False
+            self.log("lost", holder=info)
+            raise LeaseLostError(f"the lease {self.path} was taken over by another worker "
+                                 f"({_who(info)}); this worker stops training the run")
+        self._beat += 1
+        tmp = self.path.with_name(f"{self.path.name}.{self.nonce}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._record(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def release(self, **fields: Any) -> None:
+        """Give the lease back (a no-op when this worker no longer holds it)."""
+        if not self.held:
+            return
+        self.held = False
+        if self._move_aside(None):
+            self.log("released", **fields)
+
+    def __enter__(self) -> "Lease":
+        if not self.acquire():
+            raise RuntimeError(f"the lease {self.path} is held by {_who(self.holder())}")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    # --- log -------------------------------------------------------------------------------------
+    def log(self, event: str, **fields: Any) -> None:
+        """Append one JSON line to the lease log (best effort: a log failure never stops training)."""
+        if self.log_path is None:
+            return
+        line = json.dumps({"event": event, "time": time.time(), "host": self.host, "pid": self.pid,
+                           "token": self.token, "nonce": self.nonce, **fields}, default=str)
+        try:
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            with os.fdopen(fd, "a") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass
+
+
+def _who(info: dict | None) -> str:
+    if not info:
+        return "nobody"
+    if info.get("unreadable"):
+        return "a holder whose lease is being written"
+    return f"host {info.get('host')} pid {info.get('pid')}" + (
+        f" job {info['token']}" if info.get("token") else "")
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The events of ``<run_dir>/LEASE.log`` (unparseable lines are skipped)."""
+    p = Path(run_dir) / LOG_NAME
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class LeaseCallback:
+    """A ``train_run`` callback that refreshes the run's lease after every epoch.
+
+    It also notes the first and last epoch this holder trained (a requeued job that resumed shows
+    a first epoch after 1), which the worker writes into the lease log when it releases.
+    """
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.first: tuple[str, int] | None = None
+        self.last: tuple[str, int] | None = None
+
+    def after_epoch(self, phase: str, epoch: int, row: dict) -> None:
+        if self.first is None:
+            self.first = (phase, epoch)
+            self.lease.log("first_epoch", phase=phase, epoch=epoch)
+        self.last = (phase, epoch)
+        self.lease.refresh()

@@ -1,0 +1,279 @@
+"""Learning methods, one registry entry each: the model, the phases and the evaluated network.
+
+A method is the ``method`` field of a run config. Its entry says how the model is built, which
+phases train it (each phase's optimiser settings, the parameters it updates, its loss, its
+train-mode setter and what gradual pruning may prune in it), which network is evaluated (a
+WideResNet: its penultimate feature is the representation every metric reads, its ``fc`` gives
+the predictions), which preset base config it starts from, and which config fields it does not
+use (``config.canonical`` resets them, so they never change a run's hash).
+
+Adding a method is one :func:`register` call, here or in user code (see
+``tests/test_registry.py`` for a method defined inside a test), plus a preset listing it in
+``methods``. :mod:`pcl.train` turns the phase specs into :class:`pcl.train.Phase` objects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import augment
+from .losses import supcon_loss
+from .models import SupConNet, WideResNet, autocast, channels_last, wide_resnet
+from .pruning import encoder_only, head_only
+from .schedules import HEAD_GMP
+
+if TYPE_CHECKING:  # type hints only: config imports this module lazily, never the reverse
+    from .config import RunConfig
+
+#: ``loss_fn(x_uint8, labels, generator) -> scalar loss``: augments a batch and returns its loss.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+#: Config fields only contrastive methods (encoder + projection head + linear head) use.
+CONTRASTIVE_ONLY = ("temperature", "base_temperature", "proj_dim", "head_epochs", "head_batch_size",
+                    "head_lr", "head_lr_schedule", "head_weight_decay")
+
+
+class MethodError(ValueError):
+    """An unknown method name, or a registration that would clash."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses: each closure augments a uint8 batch on its device and returns the training loss
+# ------------------------------------------------------------------------------------------------
+def ce_loss_fn(model: nn.Module, device: torch.device, vflip: bool, precision: str = "fp32") -> LossFn:
+    """Cross-entropy of ``model``'s logits on the CE augmentation."""
+    def loss_fn(x, y, g):
+        x = channels_last(augment.ce_augment(x, g, vflip))
+        with autocast(device, precision):
+            logits = model(x)
+        return F.cross_entropy(logits.float(), y)
+    return loss_fn
+
+
+def supcon_loss_fn(model: SupConNet, device: torch.device, temperature: float,
+                   base_temperature: float, precision: str = "fp32", labels: bool = True) -> LossFn:
+    """SupCon on two views of every image; ``labels=False`` ignores the labels: SimCLR's NT-Xent."""
+    def loss_fn(x, y, g):
+        v = channels_last(augment.supcon_augment(x, g))
+        with autocast(device, precision):
+            z = model.project(v)
+        b = x.shape[0]
+        return supcon_loss(torch.stack([z[:b], z[b:]], 1), y if labels else None, temperature,
+                           base_temperature)
+    return loss_fn
+
+
+def linear_head_loss_fn(net: WideResNet, device: torch.device, vflip: bool,
+                        precision: str = "fp32") -> LossFn:
+    """CE on the frozen encoder's features (encoder in eval mode, no gradient through it)."""
+    def loss_fn(x, y, g):
+        x = channels_last(augment.ce_augment(x, g, vflip))
+        with torch.no_grad(), autocast(device, precision):
+            f = net.features(x)
+        return F.cross_entropy(net.fc(f.float()), y)
+    return loss_fn
+
+
+# ------------------------------------------------------------------------------------------------
+# Phase specs
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Optim:
+    """SGD settings and length of one phase."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    schedule: str
+    weight_decay: float
+    momentum: float = 0.9
+    nesterov: bool = False
+    milestones: tuple[float, ...] = ()
+
+
+def main_optim(cfg: RunConfig) -> Optim:
+    """The main phase (CE training, contrastive encoder training): the config's main fields."""
+    return Optim(cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.weight_decay,
+                 cfg.momentum, cfg.nesterov, cfg.lr_milestones)
+
+
+def head_optim(cfg: RunConfig) -> Optim:
+    """Linear evaluation on the frozen encoder: the ``head_*`` fields."""
+    return Optim(cfg.head_epochs, cfg.head_batch_size, cfg.head_lr, cfg.head_lr_schedule,
+                 cfg.head_weight_decay, cfg.momentum)
+
+
+def finetune_optim(cfg: RunConfig) -> Optim:
+    """One-shot fine-tuning: constant lr, Nesterov momentum 0.9, the ``finetune_*`` fields."""
+    return Optim(cfg.finetune_epochs, cfg.finetune_batch_size, cfg.finetune_lr, "constant",
+                 cfg.finetune_weight_decay, 0.9, True)
+
+
+def frozen_encoder(model: nn.Module, net: WideResNet) -> None:
+    """Train mode of a linear head: everything in eval mode (BN statistics frozen) but ``fc``."""
+    model.eval()
+    net.fc.train()
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One optimisation phase as a method declares it.
+
+    Every callable takes the run's ``model`` (what :meth:`Method.build` returned) and ``net`` (its
+    evaluated WideResNet). ``prune(model, net)`` names the module and the parameter filter that
+    gradual pruning acts on in this phase (None: nothing is pruned here); ``gmp_window`` gives
+    the phase its own GMP window instead of the schedule's (the linear head's).
+    """
+
+    name: str
+    optim: Callable[[RunConfig], Optim]
+    params: Callable[[nn.Module, WideResNet], list]
+    loss: Callable[[nn.Module, WideResNet, RunConfig, torch.device], LossFn]
+    train_mode: Callable[[nn.Module, WideResNet], None] | None = None  # None: model.train()
+    prune: Callable[[nn.Module, WideResNet], tuple[nn.Module, Callable[[str], bool] | None]] | None = None
+    gmp_window: tuple[float, float] | None = None
+
+
+# the callables look ce_loss_fn & co. up at call time, so a test can monkeypatch them here
+CE_TRAIN = PhaseSpec(
+    "train", main_optim, lambda model, net: list(model.parameters()),
+    lambda model, net, cfg, dev: ce_loss_fn(model, dev, cfg.vflip, cfg.precision),
+    prune=lambda model, net: (model, None))
+LINEAR_HEAD = PhaseSpec(
+    "head", head_optim, lambda model, net: list(net.fc.parameters()),
+    lambda model, net, cfg, dev: linear_head_loss_fn(net, dev, cfg.vflip, cfg.precision),
+    train_mode=frozen_encoder, prune=lambda model, net: (net, head_only), gmp_window=HEAD_GMP)
+FINETUNE = PhaseSpec(
+    "finetune", finetune_optim, lambda model, net: list(net.parameters()),
+    lambda model, net, cfg, dev: ce_loss_fn(net, dev, cfg.vflip, cfg.precision))
+FINETUNE_HEAD = PhaseSpec(
+    "finetune", finetune_optim, lambda model, net: list(net.fc.parameters()),
+    lambda model, net, cfg, dev: linear_head_loss_fn(net, dev, cfg.vflip, cfg.precision),
+    train_mode=frozen_encoder)
+
+
+def contrastive_train(labels: bool) -> PhaseSpec:
+    """Encoder + projection head trained with SupCon (``labels``) or NT-Xent; GMP prunes the
+    encoder only (never the projection head, which is dropped after training)."""
+    return PhaseSpec(
+        "train", main_optim, lambda model, net: list(model.parameters()),
+        lambda model, net, cfg, dev: supcon_loss_fn(model, dev, cfg.temperature, cfg.base_temperature,
+                                                    cfg.precision, labels=labels),
+        prune=lambda model, net: (model, encoder_only))
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """Supervised cross-entropy on a WideResNet: the base of every method."""
+
+    name: str = "ce"
+    like: str = "ce"  # the preset base config it starts from (a Preset field: 'ce' or 'supcon')
+    unused: tuple[str, ...] = CONTRASTIVE_ONLY
+    label: str = "CE"  # for figures and tables
+    color: str | None = None
+
+    def build(self, cfg: RunConfig) -> nn.Module:
+        """The model trained by the phases (initialised from the global torch RNG)."""
+        return wide_resnet(cfg.depth, cfg.width, cfg.num_classes)
+
+    def network(self, model: nn.Module) -> WideResNet:
+        """The evaluated network inside ``model``: its weights are what a run stores."""
+        return model
+
+    def eval_network(self, cfg: RunConfig) -> WideResNet:
+        """An empty evaluated network of ``cfg``'s shape, to load stored weights into."""
+        return WideResNet(cfg.depth, cfg.width, cfg.num_classes)
+
+    def phases(self, cfg: RunConfig) -> tuple[PhaseSpec, ...]:
+        """The phases of a run that starts from its initialisation (dense or GMP)."""
+        return (CE_TRAIN,)
+
+    def finetune_phases(self, cfg: RunConfig) -> tuple[PhaseSpec, ...]:
+        """The phases of a run that fine-tunes a pruned parent (one-shot): CE end to end, or the
+        linear head only when ``finetune_head_only``."""
+        return (FINETUNE_HEAD,) if cfg.finetune_head_only else (FINETUNE,)
+
+    def validate(self, cfg: RunConfig) -> None:
+        """Raise ``ConfigError`` for values this method cannot train with."""
+
+
+@dataclass(frozen=True)
+class Contrastive(Method):
+    """Encoder + projection head trained contrastively, then a linear head on the frozen encoder.
+
+    ``labels=True``: SupCon (positives share a label); False: SimCLR (NT-Xent, positives are the
+    other view of the same image). The projection head is dropped; the encoder is evaluated.
+    """
+
+    name: str = "supcon"
+    like: str = "supcon"
+    unused: tuple[str, ...] = ()
+    label: str = "SupCon"
+    labels: bool = True
+
+    def build(self, cfg: RunConfig) -> nn.Module:
+        return SupConNet(cfg.depth, cfg.width, cfg.num_classes, cfg.proj_dim)
+
+    def network(self, model: nn.Module) -> WideResNet:
+        return model.net
+
+    def phases(self, cfg: RunConfig) -> tuple[PhaseSpec, ...]:
+        return (contrastive_train(self.labels), LINEAR_HEAD)
+
+    def validate(self, cfg: RunConfig) -> None:
+        from .config import ConfigError
+
+        if cfg.head_epochs < 1:
+            raise ConfigError(f"head_epochs must be a positive integer for {self.name}; "
+                              f"got {cfg.head_epochs}")
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method, replace: bool = False) -> Method:
+    """Add ``method`` under its name (``replace=True`` to redefine one, e.g. in a test)."""
+    if not isinstance(method, Method):
+        raise MethodError(f"register a Method instance; got {type(method).__name__}")
+    if method.name in _REGISTRY and not replace:
+        raise MethodError(f"method {method.name!r} is already registered")
+    if method.like not in ("ce", "supcon"):
+        raise MethodError(f"method {method.name!r}: like must be 'ce' or 'supcon' (the preset base "
+                          f"config it starts from); got {method.like!r}")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method (tests that register a temporary one)."""
+    _REGISTRY.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    """Every registered method name (the allowed values of ``RunConfig.method``), in order."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Method:
+    """The method registered as ``name``; an unknown name raises naming the allowed ones."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise MethodError(f"unknown method {name!r}; allowed: {', '.join(map(repr, _REGISTRY))}") from None
+
+
+def labels() -> dict[str, str]:
+    """Display label of every method (figures, tables)."""
+    return {n: m.label for n, m in _REGISTRY.items()}
+
+
+register(Method())
+register(Contrastive())
+register(Contrastive("simclr", label="SimCLR", labels=False))

@@ -1,0 +1,113 @@
+"""Runs that go wrong are never stored as finished; thread count, precision and env are recorded."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import pcl.train as TR
+from pcl.config import get_preset
+from pcl.store import RunStore
+
+SMOKE = get_preset("smoke", dataset="synthetic")
+CE = SMOKE.run("ce", 0)
+
+
+def _train(cfg, store, **kw):
+    return TR.train_run(cfg, store, device="cpu", progress=False, **kw)
+
+
+@pytest.mark.parametrize("cfg", [
+    replace(CE, lr=1e30),  # overflows to inf within a step or two
+    replace(SMOKE.run("supcon", 0), temperature=1e-40),  # z.z/T overflows fp32: inf - inf
+], ids=["ce-lr-overflow", "supcon-temperature"])
+def test_non_finite_loss_stops_run_and_leaves_it_unfinished(cfg, tmp_path):
+    store = RunStore(tmp_path)
+    with pytest.raises(TR.DivergedError, match=rf"run {cfg.run_hash()}.*epoch 1, step \d+"):
+        _train(cfg, store)
+    assert not store.is_done(cfg)
+    assert not (store.path(cfg) / "checkpoint.pt").exists()  # the diverged epoch is not kept
+
+
+def test_divergence_names_the_first_bad_step(tmp_path, monkeypatch):
+    """A loss that turns NaN at step 3 of epoch 1 is reported as step 3 (hand-made loss stream)."""
+    import pcl.methods as M
+
+    real = M.ce_loss_fn
+    n = {"i": 0}
+
+    def fake(*a, **kw):
+        fn = real(*a, **kw)
+
+        def loss(x, y, g):
+            n["i"] += 1
+            out = fn(x, y, g)
+            return out * float("nan") if n["i"] == 3 else out
+        return loss
+
+    monkeypatch.setattr(M, "ce_loss_fn", fake)  # the CE phase looks it up when it is built
+    with pytest.raises(TR.DivergedError, match=r"epoch 1, step 3 "):
+        _train(CE, RunStore(tmp_path))
+
+
+def test_thread_count_is_pinned_recorded_and_restored(tmp_path):
+    before = torch.get_num_threads()
+    seen = []
+
+    class Probe:
+        def after_epoch(self, phase, epoch, row):
+            seen.append((phase, epoch, torch.get_num_threads()))
+
+    store = RunStore(tmp_path)
+    _train(CE, store, threads=1, callbacks=[Probe()])
+    assert seen == [("train", 1, 1), ("train", 2, 1)]
+    assert torch.get_num_threads() == before
+    env = json.loads((store.path(CE) / "env.json").read_text())
+    assert env["threads"] == 1 and env["precision"] == CE.precision == "fp32"
+    assert env["torch"] == torch.__version__ and env["wall_seconds"] > 0
+    assert "env.json" in json.loads((store.path(CE) / "DONE").read_text())
+
+
+def test_resume_uses_the_recorded_thread_count(tmp_path, monkeypatch):
+    store = RunStore(tmp_path)
+    real = RunStore.save_checkpoint
+
+    def stop(self, cfg, state):
+        real(self, cfg, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunStore, "save_checkpoint", stop)
+    with pytest.raises(KeyboardInterrupt):
+        _train(CE, store, threads=1)
+    monkeypatch.setattr(RunStore, "save_checkpoint", real)
+    seen = []
+
+    class Probe:
+        def after_epoch(self, phase, epoch, row):
+            seen.append(torch.get_num_threads())
+
+    _train(CE, store, threads=2, callbacks=[Probe()])  # asks for 2, the checkpoint says 1
+    assert seen == [1]
+    assert json.loads((store.path(CE) / "env.json").read_text())["threads"] == 1
+
+
+def test_bf16_training_keeps_fp32_evaluation(tmp_path):
+    """bf16 autocast trains; test logits and features are computed and stored in float32."""
+    cfg = replace(CE, precision="bf16")
+    assert cfg.run_hash() != CE.run_hash()
+    store = RunStore(tmp_path)
+    r = _train(cfg, store)
+    logits = store.load_logits(cfg)
+    assert logits.dtype == torch.float32 and store.load_features(cfg).dtype == torch.float32
+    # the stored logits are the fp32 forward of the stored weights, not a bf16-rounded one
+    net = TR.load_model(cfg, store)
+    from pcl.data import load_for_config
+
+    data = load_for_config(cfg)
+    with torch.no_grad():
+        expect = net(TR.channels_last(TR.augment.eval_transform(data.test.images))).float()
+    assert torch.allclose(logits, expect, atol=1e-5, rtol=1e-5)
+    assert json.loads((store.path(cfg) / "env.json").read_text())["precision"] == "bf16"
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in r["history"]["epochs"])
