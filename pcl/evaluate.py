@@ -216,6 +216,54 @@ def umap_of_run(cfg: RunConfig, store: RunStore, idx: np.ndarray, random_state: 
 
 
 # ------------------------------------------------------------------------------------------------
+#: The study-wide tidy tables :func:`study_table` caches, and how each is built.
+TABLES = ("runs", "pies", "qscores", "depths")
+
+
+def _table_fingerprint(preset: Preset, store: RunStore, name: str) -> str:
+    """Changes whenever a run finishes (or the preset, the table or pcl's version changes)."""
+    import pcl
+
+    runs = sorted(c.run_hash() for cfgs in populations(preset, store).values() for c in cfgs)
+    blob = "|".join([pcl.__version__, name, repr(preset), *runs])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def study_table(name: str, preset: Preset, store: RunStore, data_root: str | None = None,
+                data: Dataset | None = None, progress: bool = False) -> pd.DataFrame:
+    """One of the study's tidy tables (:data:`TABLES`), computed once and cached in the run store
+    (``<store>/.tables/``), keyed by the finished runs it is built from: notebooks 04-09 read it
+    instead of each recomputing it, and it is rebuilt as soon as another run finishes.
+    ``data`` (the study's dataset) is loaded from ``data_root`` when needed and not given."""
+    if name not in TABLES:
+        raise ValueError(f"unknown table {name!r}; allowed: {', '.join(map(repr, TABLES))}")
+    path = store.root / ".tables" / f"{preset.name}-{name}-{_table_fingerprint(preset, store, name)}.pkl"
+    if path.exists():
+        return pd.read_pickle(path)
+    if name != "runs" and data is None:
+        data = study_data(preset, data_root)
+    if name == "runs":
+        table = run_table(preset, store)
+    elif name == "pies":
+        table = pie_table(preset, store, data.test.labels.numpy())
+    elif name == "qscores":
+        table = qscore_table(preset, store, data.test.labels.numpy())
+    else:
+        table = depth_table(preset, store, data, progress=progress)
+    import io
+
+    from .store import _atomic_write_bytes
+
+    buf = io.BytesIO()
+    table.to_pickle(buf)
+    _atomic_write_bytes(buf.getvalue(), path)
+    for old in path.parent.glob(f"{preset.name}-{name}-*.pkl"):  # superseded versions
+        if old != path:
+            old.unlink(missing_ok=True)
+    return table
+
+
+# ------------------------------------------------------------------------------------------------
 #: Columns of ``images.csv`` (:func:`images_table`), in order; the README documents each one.
 IMAGE_COLUMNS = ("method", "schedule", "sparsity", "image", "label", "dense_modal", "pruned_modal",
                  "dense_share", "pruned_share", "pie", "dense_ties", "pruned_ties", "qscore_dense",

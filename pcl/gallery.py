@@ -5,8 +5,9 @@ instead, so the figure is the same every time and says something about the data.
 configuration's PIEs, those on which the **pruned population agrees most** (largest
 ``pruned_share``, the fraction of its models voting for its modal label); among equal shares,
 **one image per true class in turn** (classes in label order, each class's images by smaller
-image index), so a class-sorted test split does not fill a panel with one class. A unanimous flip is an example that pruning reliably takes away; a
-tie-broken split vote is closer to noise, so it comes last.
+image index), so a class-sorted test split does not fill a panel with one class. A unanimous
+flip is an example that pruning reliably takes away; a tie-broken split vote is closer to noise,
+so it comes last.
 
 Unique PIEs (lost by one method, kept by another at the same schedule and sparsity) are ranked
 by the same rule, on the losing method's ``pruned_share``.

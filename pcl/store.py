@@ -390,7 +390,7 @@ class RunStore:
 # ------------------------------------------------------------------------------------------------
 # Is a folder a run store? (`make clean-runs` deletes one only after asking)
 #: Entries a store root may hold besides method folders: the submitit executor's default log folder.
-STORE_ROOT_EXTRAS = (".submitit",)
+STORE_ROOT_EXTRAS = (".submitit", ".tables")
 
 
 def _is_run_hash(name: str) -> bool:

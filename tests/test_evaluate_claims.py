@@ -126,3 +126,28 @@ def test_umap_cached_under_a_stable_key(store, smoke, monkeypatch):
     import hashlib
     digest = hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:10]
     assert (store.path(cfg) / "eval" / f"umap-n4-{digest}-rs0.pt").exists()
+
+
+def test_study_table_is_cached_and_rebuilt_when_a_run_finishes(store, smoke, monkeypatch):
+    """Computed once per set of finished runs: a second call reads the cache (the builder is not
+    called again); another finished run invalidates it; the cache never makes the store invalid."""
+    from pcl.data import Dataset, Split
+    from pcl.store import is_run_store
+
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    data = Dataset(train=Split(torch.zeros(6, 3, 32, 32, dtype=torch.uint8), labels),
+                   test=Split(torch.zeros(6, 3, 32, 32, dtype=torch.uint8), labels), name="hand")
+    calls = []
+    real = evaluate.pie_table
+    monkeypatch.setattr(evaluate, "pie_table", lambda *a: calls.append(1) or real(*a))
+    first = evaluate.study_table("pies", smoke, store, data=data)
+    again = evaluate.study_table("pies", smoke, store, data=data)
+    assert len(calls) == 1 and again.equals(first)
+    assert again.equals(real(smoke, store, labels.numpy()))
+    _put(store, smoke.run("ce", 0, "oneshot", 0.9), [0, 1, 2, 3, 4, 4])
+    third = evaluate.study_table("pies", smoke, store, data=data)
+    assert len(calls) == 2 and "oneshot" in set(third.schedule)
+    assert len(list((store.root / ".tables").glob("*-pies-*.pkl"))) == 1  # superseded one removed
+    assert is_run_store(store.root)
+    with pytest.raises(ValueError, match="unknown table 'bogus'"):
+        evaluate.study_table("bogus", smoke, store)
