@@ -47,7 +47,9 @@ def save(fig: plt.Figure, name: str, outdir: str | Path, label: str) -> list[Pat
     paths = []
     for ext in ("png", "pdf"):
         p = outdir / f"{name}.{ext}"
-        fig.savefig(p, dpi=130 if ext == "png" else None, bbox_inches="tight")
+        # no creation date in the PDF: re-running a notebook leaves an unchanged figure unchanged
+        fig.savefig(p, dpi=130 if ext == "png" else None, bbox_inches="tight",
+                    metadata={"CreationDate": None} if ext == "pdf" else None)
         paths.append(p)
     return paths
 

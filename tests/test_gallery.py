@@ -281,3 +281,21 @@ def test_gallery_figures_show_the_picked_images(tmp_path):
         plots.fig_pie_gallery(panels, images[:2])
     fig = plots.fig_unique_pies([], images)  # nothing to show still makes a figure
     plt.close(fig)
+
+
+def test_saved_pdf_is_byte_identical_when_redrawn(tmp_path):
+    """No creation date in the PDF: re-running a notebook does not rewrite an unchanged figure."""
+    import hashlib
+
+    import matplotlib.pyplot as plt
+
+    from pcl import plots
+
+    digests = []
+    for _ in range(2):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [1, 0])
+        plots.save(fig, "same", tmp_path, "scale label")
+        plt.close(fig)
+        digests.append(hashlib.sha256((tmp_path / "same.pdf").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
