@@ -57,38 +57,11 @@ def verdict(low: float, high: float, threshold: float = 0.0, greater: bool = Tru
 
 
 # ------------------------------------------------------------------------------------------------
-# modal votes, PIEs and ties (pure)
+# PIEs (modal labels, ties and PIE masks are pcl.metrics': one definition for every table)
 # ------------------------------------------------------------------------------------------------
-def vote_counts(preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """(classes, images) number of models voting for each class (one comparison per class: faster
-    than a bincount for the few models of a population)."""
-    p = np.asarray(preds)
-    if p.ndim != 2 or len(p) == 0 or not np.issubdtype(p.dtype, np.integer):
-        raise ValueError(f"preds must be integer (models >= 1, images); got {p.dtype} {p.shape}")
-    if p.size and (p.min() < 0 or p.max() >= num_classes):
-        raise ValueError(f"preds hold classes outside 0..{num_classes - 1}")
-    return np.stack([(p == c).sum(0, dtype=np.int32) for c in range(num_classes)])
-
-
-def modal(preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """Modal label per image (ties -> smallest class, as :func:`pcl.metrics.modal_labels`)."""
-    return vote_counts(preds, num_classes).argmax(0)
-
-
-def tied_votes(preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per image: whether two or more classes share the top vote (the tie rule then decides)."""
-    c = vote_counts(preds, num_classes)
-    return (c == c.max(0)).sum(0) > 1
-
-
-def pie_mask(dense: np.ndarray, pruned: np.ndarray, num_classes: int) -> np.ndarray:
-    """PIEs: images whose modal label differs between the two populations."""
-    return modal(dense, num_classes) != modal(pruned, num_classes)
-
-
 def pie_count(dense: np.ndarray, pruned: np.ndarray, num_classes: int) -> int:
     """Number of PIEs between two populations."""
-    return int(pie_mask(dense, pruned, num_classes).sum())
+    return int(metrics.pie_mask(dense, pruned, num_classes).sum())
 
 
 def _ratio(a: float, b: float) -> float:
@@ -124,15 +97,15 @@ def pie_counts(preds: Mapping[Key, np.ndarray], num_classes: int,
             pops["floor"] = preds[fk]
 
         def stat(p: Mapping[str, np.ndarray]) -> np.ndarray:
-            d = modal(p["dense"], num_classes)
-            pies = (d != modal(p["pruned"], num_classes)).sum()
+            d = metrics.modal_labels(p["dense"], num_classes)
+            pies = (d != metrics.modal_labels(p["pruned"], num_classes)).sum()
             if "floor" not in p:
                 return np.array([pies, np.nan, np.nan], float)
-            fl = (d != modal(p["floor"], num_classes)).sum()
+            fl = (d != metrics.modal_labels(p["floor"], num_classes)).sum()
             return np.array([pies, fl, _ratio(pies, fl)])
 
         iv = seed_interval(pops, stat, confidence, max_subsets=max_subsets)
-        tie = {f"ties_{k}": int(tied_votes(v, num_classes).sum()) for k, v in pops.items()}
+        tie = {f"ties_{k}": int(metrics.tied_votes(v, num_classes).sum()) for k, v in pops.items()}
         rows.append({
             "method": key[0], "schedule": key[1], "sparsity": key[2],
             "pies": int(iv.estimate[0]), "ci_low": iv.low[0], "ci_high": iv.high[0],
@@ -233,12 +206,13 @@ def claim_1(ev: Evidence) -> list[dict]:
                 pops.update(fm=ev.preds[floor_key(km)], fr=ev.preds[floor_key(kr)])
 
             def stat(p: Mapping[str, np.ndarray]) -> np.ndarray:
-                dm, dr = modal(p["dm"], k), modal(p["dr"], k)
-                a = (dm != modal(p["pm"], k)).sum()
-                b = (dr != modal(p["pr"], k)).sum()
+                dm, dr = metrics.modal_labels(p["dm"], k), metrics.modal_labels(p["dr"], k)
+                a = (dm != metrics.modal_labels(p["pm"], k)).sum()
+                b = (dr != metrics.modal_labels(p["pr"], k)).sum()
                 if "fm" not in p:
                     return np.array([a - b, np.nan], float)
-                fa, fb = (dm != modal(p["fm"], k)).sum(), (dr != modal(p["fr"], k)).sum()
+                fa = (dm != metrics.modal_labels(p["fm"], k)).sum()
+                fb = (dr != metrics.modal_labels(p["fr"], k)).sum()
                 return np.array([a - b, _ratio(a, fa) - _ratio(b, fb)])
 
             iv = ev.interval(pops, stat)
@@ -258,7 +232,7 @@ def damage_difference(dense_preds: np.ndarray, pruned_preds: np.ndarray, dense_v
     """Mean over PIEs minus mean over the other images of the per-image change from the dense to
     the pruned population mean of a per-model value (NaN values ignored); NaN when either group is
     empty."""
-    return _group_difference(pie_mask(dense_preds, pruned_preds, num_classes), dense_values,
+    return _group_difference(metrics.pie_mask(dense_preds, pruned_preds, num_classes), dense_values,
                              pruned_values)
 
 
@@ -297,7 +271,7 @@ def claim_2(ev: Evidence) -> list[dict]:
                 continue
 
             def stat(p: Mapping[str, np.ndarray], parts=parts) -> np.ndarray:
-                mask = pie_mask(p["dp"], p["pp"], k)
+                mask = metrics.pie_mask(p["dp"], p["pp"], k)
                 return np.array([_group_difference(mask, p[f"d{n}"], p[f"p{n}"])
                                  for n, _ in parts])
 
@@ -337,8 +311,8 @@ def claim_3(ev: Evidence) -> list[dict]:
         pops = {"dense": ev.preds[dk], **{i: ev.preds[key] for i, (_, key) in enumerate(pts)}}
 
         def stat(p: Mapping, n=len(pts), begins=begins) -> float:
-            d = modal(p["dense"], k)
-            return slope(begins, [(d != modal(p[i], k)).sum() for i in range(n)])
+            d = metrics.modal_labels(p["dense"], k)
+            return slope(begins, [(d != metrics.modal_labels(p[i], k)).sum() for i in range(n)])
 
         iv = ev.interval(pops, stat)
         sp = sorted({key[2] for _, key in pts})
@@ -353,8 +327,9 @@ def claim_3(ev: Evidence) -> list[dict]:
         pops = {"dense": ev.preds[dense_key(ke)], "early": ev.preds[ke], "late": ev.preds[kl]}
 
         def stat2(p: Mapping) -> float:
-            d = modal(p["dense"], k)
-            return float((d != modal(p["early"], k)).sum() - (d != modal(p["late"], k)).sum())
+            d = metrics.modal_labels(p["dense"], k)
+            early, late = metrics.modal_labels(p["early"], k), metrics.modal_labels(p["late"], k)
+            return float((d != early).sum() - (d != late).sum())
 
         rows.append(_row(ev, 3, f"{m} @ {ev.headline} (windows differ in length: does not decide)",
                          f"PIEs({early}) - PIEs({late})", ev.interval(pops, stat2), (), True,
@@ -432,8 +407,8 @@ def overlap_statistics(dense: Mapping[str, np.ndarray], pruned: Mapping[tuple, n
     for a, b in splits:
         masks = {}
         for half, rows in (("A", a), ("B", b)):
-            dm = {m: modal(np.asarray(v)[rows], num_classes) for m, v in dense.items()}
-            masks[half] = np.stack([dm[p[0]] != modal(np.asarray(pruned[p])[rows], num_classes)
+            dm = {m: metrics.modal_labels(np.asarray(v)[rows], num_classes) for m, v in dense.items()}
+            masks[half] = np.stack([dm[p[0]] != metrics.modal_labels(np.asarray(pruned[p])[rows], num_classes)
                                     for p in names])
         jab = jaccard_rows(masks["A"], masks["B"])  # [p, q]: J(A of p, B of q)
         within = np.diag(jab)

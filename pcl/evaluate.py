@@ -272,10 +272,9 @@ IMAGE_COLUMNS = ("method", "schedule", "sparsity", "image", "label", "dense_moda
 
 def _votes(preds: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(modal label, share of models voting for it, whether the top vote was tied) per image."""
-    modal = metrics.modal_labels(preds, num_classes)
-    counts = np.stack([(preds == c).sum(0) for c in range(num_classes)], axis=1)  # (images, k)
+    counts = metrics.vote_counts(preds, num_classes)
     top = counts.max(1)
-    return modal, top / preds.shape[0], (counts == top[:, None]).sum(1) > 1
+    return counts.argmax(1), top / preds.shape[0], (counts == top[:, None]).sum(1) > 1
 
 
 def _per_image(table: pd.DataFrame | None, column: str, n: int) -> dict[Key, np.ndarray]:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "modal_labels",
+    "vote_counts",
+    "tied_votes",
     "pie_mask",
     "pie_overlap",
     "jaccard_matrix",
@@ -107,17 +109,26 @@ def modal_labels(preds: ArrayLike, num_classes: int | None = None) -> np.ndarray
     -------
     int64 array of shape (images,).  Ties go to the smallest class index.
     """
+    return vote_counts(preds, num_classes).argmax(axis=1).astype(np.int64)  # first max = smallest
+
+
+def vote_counts(preds: ArrayLike, num_classes: int | None = None) -> np.ndarray:
+    """(images, classes) number of a population's models voting for each class.
+
+    One comparison per class: for the few models of a population this is as fast as a bincount,
+    and it is what every modal statistic (modal label, vote share, ties) is computed from.
+    """
     p = _as_int_labels(preds, "preds", 2)
-    n_models, n_images = p.shape
-    if n_models == 0:
+    if p.shape[0] == 0:
         raise ValueError("preds must contain at least one model (row)")
-    if n_images == 0:
-        return np.zeros(0, dtype=np.int64)
-    c = _check_num_classes(int(p.max()), num_classes, "preds")
-    # counts[i, j] = number of models predicting class j for image i
-    offset = p + (np.arange(n_images, dtype=np.int64) * c)[None, :]
-    counts = np.bincount(offset.ravel(), minlength=n_images * c).reshape(n_images, c)
-    return counts.argmax(axis=1).astype(np.int64)  # first max = smallest class
+    c = _check_num_classes(int(p.max()) if p.size else 0, num_classes, "preds")
+    return np.stack([(p == k).sum(0, dtype=np.int64) for k in range(c)], axis=1)
+
+
+def tied_votes(preds: ArrayLike, num_classes: int | None = None) -> np.ndarray:
+    """Per image: whether two or more classes share the top vote (the tie rule then decides)."""
+    c = vote_counts(preds, num_classes)
+    return (c == c.max(1, keepdims=True)).sum(1) > 1
 
 
 def pie_mask(

@@ -109,7 +109,7 @@ def simulate(rng, reps, n, images, flipped):
 def per_replication_claim1(reps, images):
     """Claim 1's statistics (raw and floor-relative difference), one value per replication."""
     def stat(p):
-        mode = {k: claims.modal(v, K) for k, v in p.items()}
+        mode = {k: metrics.modal_labels(v, K) for k, v in p.items()}
 
         def pies(d, x):
             return (mode[d] != mode[x]).reshape(reps, images).sum(1)
@@ -208,8 +208,8 @@ def test_tied_votes_against_brute_force():
     p = np.random.default_rng(0).integers(0, 4, (4, 300))
     ref = [sorted(np.bincount(p[:, i], minlength=K))[-1] == sorted(np.bincount(p[:, i], minlength=K))[-2]
            for i in range(p.shape[1])]
-    assert claims.tied_votes(p, K).tolist() == ref
-    assert (claims.modal(p, K) == metrics.modal_labels(p, K)).all()
+    assert metrics.tied_votes(p, K).tolist() == ref
+    assert (metrics.modal_labels(p, K) == metrics.modal_labels(p, K)).all()
 
 
 # ------------------------------------------------------------------------------------------------

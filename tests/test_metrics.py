@@ -378,3 +378,14 @@ def test_umap_embedding_shape_and_determinism():
     c0, c1 = e1[:100].mean(0), e1[100:].mean(0)
     spread = max(e1[:100].std(0).max(), e1[100:].std(0).max())
     assert np.linalg.norm(c0 - c1) > 3 * spread
+
+
+def test_vote_counts_and_ties_against_per_image_bincount():
+    p = np.random.default_rng(3).integers(0, 5, (6, 400))
+    ref = np.stack([np.bincount(p[:, i], minlength=7) for i in range(p.shape[1])])
+    np.testing.assert_array_equal(M.vote_counts(p, 7), ref)
+    top = ref.max(1)
+    np.testing.assert_array_equal(M.tied_votes(p, 7), (ref == top[:, None]).sum(1) > 1)
+    np.testing.assert_array_equal(M.modal_labels(p, 7), ref.argmax(1))
+    with pytest.raises(ValueError, match="num_classes"):
+        M.vote_counts(p, 3)
