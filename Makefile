@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= auto
-# the presets (pcl.config.PRESETS, in its order; a test keeps the two equal): PROFILE is one of them or auto
+# the presets (pcl.presets.PRESETS, in its order; a test keeps the two equal): PROFILE is one of them or auto
 PRESETS := paper cpu smoke extended smoke-extended
 DATA ?= $(or $(PCL_DATA),data)
 RUNS ?= runs
@@ -16,10 +16,12 @@ SLURM_TIME ?=
 SLURM_ARRAY_PARALLELISM ?=
 SLURM_LOG_DIR ?=
 SLURM_EXTRA ?=
+# seconds before a run lease nobody refreshed may be taken over (default 1800; README: SLURM section)
+STALE_AFTER ?=
 # torch/torchvision: the one pinned pair; a range in pyproject.toml keeps pip from fetching another
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help setup lint test test-fast reproduce figures bench gpu-check lab clean clean-runs
+.PHONY: help setup lint test test-fast test-cluster reproduce figures check-study bench gpu-check lab clean clean-runs
 
 # `make help` prints the `## ` comment on each target's line: give every new target one
 help: ## list every target and what it does
@@ -51,6 +53,11 @@ test: setup lint ## lint, then the whole test suite, notebook chain included (sm
 test-fast: setup ## the test suite without the slow notebook chain
 	$(PY) -m pytest -q -m "not slow"
 
+# root only (a scratch machine or container): apt-installs slurm-wlm and munge when missing, runs
+# munged/slurmctld/slurmd from cluster/slurm.conf.in, stops them at the end; elsewhere it fails
+test-cluster: setup ## one-node SLURM here (root; apt), then the tests marked cluster via sbatch/scontrol
+	cluster/run.sh $(PY) -q
+
 # PROFILE=auto: paper when a CUDA GPU answers nvidia-smi, else cpu; said on the first line
 GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 ifeq ($(PROFILE),auto)
@@ -70,19 +77,38 @@ reproduce: ## run every notebook with papermill: PROFILE=smoke|cpu|paper|extende
 	  --executor $(EXECUTOR) $(if $(SLURM_PARTITION),--slurm-partition '$(SLURM_PARTITION)') \
 	  $(if $(SLURM_GPUS),--slurm-gpus $(SLURM_GPUS)) $(if $(SLURM_TIME),--slurm-time '$(SLURM_TIME)') \
 	  $(if $(SLURM_ARRAY_PARALLELISM),--slurm-array-parallelism $(SLURM_ARRAY_PARALLELISM)) \
-	  $(if $(SLURM_LOG_DIR),--slurm-log-dir '$(SLURM_LOG_DIR)') $(if $(SLURM_EXTRA),--slurm-extra '$(SLURM_EXTRA)')
+	  $(if $(SLURM_LOG_DIR),--slurm-log-dir '$(SLURM_LOG_DIR)') $(if $(SLURM_EXTRA),--slurm-extra '$(SLURM_EXTRA)') \
+	  $(if $(STALE_AFTER),--stale-after $(STALE_AFTER))
 
 # the analysis notebooks only, on the stored runs
 figures: ## re-run only the analysis notebooks (04-09) on the stored runs
 	@$(MAKE) --no-print-directory reproduce ONLY=04,05,06,07,08,09
+
+# retrains the sample in pcl.check_study.SAMPLE into a temporary store (README: Reproducibility
+# promise); WORKERS: worker processes, one torch thread each (default: one per core, at most 4)
+WORKERS ?=
+check-study: ## retrain 4 runs of the committed study results/<PROFILE> and compare: bit for bit on its machine, else within seed noise
+	@$(if $(and $(filter 1,$(words $(RESOLVED))),$(filter $(RESOLVED),$(PRESETS))),true,\
+	  echo "[check-study] unknown profile '$(PROFILE)'; allowed: auto $(PRESETS)" >&2; exit 2)
+	@$(MAKE) --no-print-directory setup
+	PCL_DATA=$(DATA) $(PY) -m pcl.check_study --preset $(RESOLVED) --data $(DATA) $(if $(WORKERS),--workers $(WORKERS))
 
 # faiss-cpu (the `bench` extra) is the k-NN reference only: installed here, not by setup
 bench: setup ## training (bf16, fp32), exact k-NN vs faiss/sklearn, eval batch sizes: pcl vs baselines
 	@$(PY) -c 'import faiss' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench.py
 
-gpu-check: setup ## all CUDA work in <= 8 min: cuda tests, timings, results/gpu/<device>.json, GPU-hours
-	$(PY) benchmarks/gpu_check.py
+# a $(PYTHON) whose PyTorch sees CUDA (a GPU node's own, often offline) is used as it is, installing
+# nothing; otherwise .venv (make setup). The first line says which. GPU_CHECK_ARGS: e.g. --budget 300
+GPU_CHECK_ARGS ?=
+gpu-check: ## all CUDA work in <= 8 min: cuda tests, timings, results/gpu/<device>.json, GPU-hours
+	@if $(PYTHON) -c 'import torch; assert torch.cuda.is_available()' >/dev/null 2>&1; then \
+	  echo "[gpu-check] using $(PYTHON) and its own PyTorch (CUDA available): installing nothing"; \
+	  $(PYTHON) benchmarks/gpu_check.py --data '$(DATA)' $(GPU_CHECK_ARGS); \
+	else \
+	  echo "[gpu-check] $(PYTHON) has no PyTorch that sees CUDA: using $(VENV) (make setup)"; \
+	  $(MAKE) --no-print-directory setup && $(PY) benchmarks/gpu_check.py --data '$(DATA)' $(GPU_CHECK_ARGS); \
+	fi
 
 # JupyterLab refuses to start as root (containers, Colab-style machines) unless given --allow-root
 LAB_UID ?= $(shell id -u)
@@ -94,7 +120,7 @@ clean: ## remove caches and temporary files (never trained runs)
 
 clean-runs: ## DELETE the run store RUNS=<dir> (default runs/: all trained models); refuses any other folder
 	@test -x $(PY) || { echo "clean-runs: $(PY) is missing: run make setup first (it checks RUNS with pcl)" >&2; exit 2; }
-	@$(PY) -m pcl.store --is-store '$(RUNS)' || \
-	  { echo "clean-runs: refusing to delete RUNS='$(RUNS)' (not a run store: method/<run hash>/ folders only)" >&2; exit 2; }
+	@$(PY) -m pcl.clean_runs --is-store '$(RUNS)' || \
+	  { echo "clean-runs: refusing to delete RUNS='$(RUNS)' (not a run store: no .pcl-store marker, or more than method/<run hash>/ folders)" >&2; exit 2; }
 	@if [ -L '$(RUNS)' ]; then echo "removing the link $(RUNS) (the runs it points to are kept)"; \
 	  else echo "deleting every trained run in $(RUNS)/"; fi; rm -rf -- '$(RUNS)'

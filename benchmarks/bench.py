@@ -21,7 +21,7 @@ What is measured (all in one process, on one device, same random data for every 
    pcl at the precision a preset would train with (bf16 where native, else fp32) >= 1.3x the
    baseline, both ratios from this one run.
 
-2. ``knn`` -- ``pcl.metrics.knn_predict`` (k=30, exact) against the exact CPU references:
+2. ``knn`` -- ``pcl.knn.knn_predict`` (k=30, exact) against the exact CPU references:
    faiss-cpu's ``IndexFlatL2`` (when installed: ``pip install -e '.[bench]'``) and scikit-learn's
    ``KNeighborsClassifier(algorithm='brute')``, each fit + predict (faiss: index + search +
    the same majority vote), on Gaussian-blob float32 features of dimension 128, 10 classes.
@@ -35,7 +35,7 @@ What is measured (all in one process, on one device, same random data for every 
    fastest batch size of each.
 
 4. ``pd`` -- the cost of prediction depth for one model: ``tap_features`` on the train and test
-   images plus ``pcl.metrics.knn_predict_many`` (k=30) over all probe taps, for a randomly
+   images plus ``pcl.knn.knn_predict_many`` (k=30) over all probe taps, for a randomly
    initialised WRN-16-2 (timing does not depend on the weights).
 
 Clock: on CPU with one thread, seconds are the process's CPU time (``time.process_time``): every
@@ -67,7 +67,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from pcl import metrics
+from pcl import knn
 from pcl.config import native_bf16
 from pcl.data import MEAN, STD
 from pcl.evaluate import tap_features
@@ -359,7 +359,7 @@ def bench_knn(n_train: int, n_test: int, device: torch.device, threads: int, clo
 
     xtr, ytr, xte = blob_features(n_train, n_test)
     paths: dict[str, Callable] = {
-        "pcl": lambda a, b, c: metrics.knn_predict(a, b, c, k=K, num_classes=NUM_CLASSES,
+        "pcl": lambda a, b, c: knn.knn_predict(a, b, c, k=K, num_classes=NUM_CLASSES,
                                                    device=device),
         "sklearn": lambda a, b, c: sklearn_knn(a, b, c, 1),
     }
@@ -434,7 +434,7 @@ def bench_pd(n_train: int, n_test: int, device: torch.device, clock: Clock,
     tap_features(net, te[:8], device)  # warm-up
     f_tr, t_tr, _ = clock.time(lambda: tap_features(net, tr, device, batch_size=batch_size))
     f_te, t_te, _ = clock.time(lambda: tap_features(net, te, device, batch_size=batch_size))
-    preds, t_knn, _ = clock.time(lambda: metrics.knn_predict_many(
+    preds, t_knn, _ = clock.time(lambda: knn.knn_predict_many(
         f_tr, ytr, f_te, k=K, num_classes=NUM_CLASSES, device=device))
     return {"n_train": n_train, "n_test": n_test, "k": K, "taps": len(f_tr), "batch": batch_size,
             "tap_dims": [int(f.shape[1]) for f in f_tr], "pred_shape": list(preds.shape),
@@ -470,7 +470,7 @@ def print_knn(r: dict) -> None:
     s = r["seconds"]
     print(f"\nk-NN (k={r['k']}) {r['n_train']} train x {r['n_test']} test, dim {r['dim']}, "
           f"{r['threads']} thread(s) each:")
-    print(f"  pcl.metrics.knn_predict (exact)        {s['pcl']:8.3f} s")
+    print(f"  pcl.knn.knn_predict (exact)        {s['pcl']:8.3f} s")
     if "faiss" in s:
         print(f"  faiss IndexFlatL2 (exact) + vote       {s['faiss']:8.3f} s   "
               f"pcl speed-up {s['faiss'] / s['pcl']:.2f}x   agreement {r['agreement']['faiss']:.4f}")

@@ -1,12 +1,12 @@
 """pcl: magnitude pruning vs contrastive learning (Corti et al. 2022), reproduced.
 
-Modules, one job each: ``config`` (run configs and presets), ``methods`` and ``schedules`` (the
-registries of learning methods and pruning schedules), ``data``, ``augment``, ``models``,
-``losses``, ``pruning``, ``train`` (the loop and ``train_run``), ``store`` (the run store),
-``lease`` (one trainer per run), ``executors`` (local processes, submitit, SLURM), ``study``
-(plans and ``run_all``), ``evaluate`` (runs -> tidy tables), ``metrics`` (pure functions),
-``intervals`` (seed-noise intervals), ``claims`` (T1), ``gallery`` (F9's selection rules),
-``plots`` (F1-F9), ``summaries`` (the generated notebook summaries), ``reproduce`` (the papermill
-chain).
+Modules, one job each, bottom layer first (``docs/ARCHITECTURE.md``): ``keys`` (population keys),
+``registry`` (the registry class), ``config`` (run configs and presets); ``data``, ``augment``,
+``models``, ``losses``, ``pruning``; ``methods`` and ``schedules`` (the registries' entries);
+``provenance``, ``store``, ``lease``, ``train``, ``executors``, ``study``; ``knn``, ``metrics``,
+``evaluate``; ``intervals``, ``claim_stats``, ``claims``, ``plots``, ``gallery``, ``reports``,
+``reproduce``, ``check_study``.
 """
 __version__ = "0.2.0"
+
+from . import methods, schedules  # noqa: E402,F401  (fill the registries)

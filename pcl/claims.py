@@ -1,24 +1,26 @@
 """The claims table (T1) and the PIE counts with their noise floor, as PROTOCOL.md tests them.
 
-Every interval here comes from one helper, :func:`pcl.intervals.seed_interval`: a delete-d
-jackknife over seeds, which carries seed noise into modal statistics and was validated by
-simulation (``tests/test_claims.py``). The populations' models (rows, ordered by seed) are the
-sampling unit; every claim statistic is recomputed from the per-model arrays on subsets of the
-seeds, PIE masks included.
+Every interval here comes from one helper, :func:`pcl.intervals.seed_interval` (a jackknife over
+seeds: delete-one at the study's 5 seeds), which carries seed noise into modal statistics. The
+populations' models (rows, ordered by seed) are the sampling unit; every claim statistic is
+recomputed from the per-model arrays on subsets of the seeds, PIE masks included. An interval
+covers the statistic's expected value *at the populations' size* (n seeds), not its value for
+infinitely many seeds.
 
 Verdicts: **holds** when the 95 % interval excludes zero on the claim's side, **contradicted**
-when it excludes zero on the other side, **cannot be told apart** otherwise (and whenever there
-are fewer than 3 seeds). Rows marked ``decides=False`` are shown for context (the early-vs-late
-contrast of claim 3, the overlap floors of claim 4) and do not decide their claim.
+when it excludes zero on the other side, **cannot be told apart** otherwise; **too few seeds**
+below :data:`pcl.intervals.MIN_UNITS` seeds; **not decided** where a confound of PROTOCOL.md
+("Design at reduced scale") makes the comparison unfair: dense accuracies more than
+:data:`MAX_ACCURACY_GAP` apart (claim 1), a noise floor below :data:`MIN_FLOOR` PIEs (claim 1,
+floor-relative), an onset sweep with fewer than :data:`MIN_ONSETS` begins or a window ending after
+:data:`MAX_ONSET_END` (claim 3). The thresholds are where ``tests/test_claim_simulation.py``
+validated the statistics. Rows with ``decides=False`` are shown for context only.
 
-The claim functions (:data:`CLAIMS`) take an :class:`Evidence` (arrays, no store) and return
-rows; :func:`load_evidence` is the thin loader from a run store.
+Every statistic is a pure function of (models, *batch, images) arrays and returns one value per
+batch element, so the simulation that validates it runs many studies in one call.
 """
 from __future__ import annotations
 
-import itertools
-import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Mapping
 
@@ -26,23 +28,37 @@ import numpy as np
 import pandas as pd
 
 from . import intervals, metrics
+from .claim_stats import (
+    MAX_SPLITS,
+    STATISTICS,
+    damage_statistic,
+    method_statistic,
+    modes,
+    onset_statistic,
+    pair_statistic,
+    pie_count,
+    split_overlaps,
+)
 from .intervals import SeedInterval, seed_interval
-
-Key = tuple  # (method, schedule, sparsity)
+from .keys import PopKey
 
 HOLDS, CONTRADICTED, UNCLEAR = "holds", "contradicted", "cannot be told apart"
-VERDICTS = (HOLDS, CONTRADICTED, UNCLEAR)
+NOT_DECIDED, TOO_FEW = "not decided", "too few seeds"
+VERDICTS = (HOLDS, CONTRADICTED, UNCLEAR, NOT_DECIDED, TOO_FEW)
 COLUMNS = ("claim", "comparison", "statistic", "estimate", "ci_low", "ci_high", "interval",
-           "verdict", "decides", "scale")
+           "verdict", "decides", "note", "scale")
 TITLES = {
     1: "1. At high sparsity a contrastive method has more PIEs than CE",
     2: "2. PIEs carry the representation damage",
     3: "3. Early pruning hurts most",
     4: "4. PIEs are largely unique to each learning-and-pruning pair",
 }
-#: Split-half splits per claim-4 statistic (all of them when there are fewer).
-MAX_SPLITS = 20
-NOT_PRUNED = ("dense", "floor")
+#: Claim 1 compares methods only when their dense test accuracies are this close (fraction).
+MAX_ACCURACY_GAP = 0.02
+#: Claim 1's floor-relative row decides only when both noise floors have at least this many PIEs.
+MIN_FLOOR = 25
+#: Claim 3 needs this many onset begins, every window ending by MAX_ONSET_END of training.
+MIN_ONSETS, MAX_ONSET_END = 4, 0.85
 
 
 def verdict(low: float, high: float, threshold: float = 0.0, greater: bool = True) -> str:
@@ -57,57 +73,37 @@ def verdict(low: float, high: float, threshold: float = 0.0, greater: bool = Tru
 
 
 # ------------------------------------------------------------------------------------------------
-# PIEs (modal labels, ties and PIE masks are pcl.metrics': one definition for every table)
-# ------------------------------------------------------------------------------------------------
-def pie_count(dense: np.ndarray, pruned: np.ndarray, num_classes: int) -> int:
-    """Number of PIEs between two populations."""
-    return int(metrics.pie_mask(dense, pruned, num_classes).sum())
-
-
-def _ratio(a: float, b: float) -> float:
-    return float(a) / float(b) if b else float("nan")
-
-
-# ------------------------------------------------------------------------------------------------
 # PIE counts with their noise floor
 # ------------------------------------------------------------------------------------------------
-def dense_key(key: Key) -> Key:
-    """The dense population of ``key``'s method."""
-    return (key[0], "dense", 0.0)
+def _count_statistic(p: Mapping[str, np.ndarray], k: int) -> np.ndarray:
+    """[PIEs, floor, PIEs / floor] (floor NaN without a floor population)."""
+    d = modes(p["dense"], k)
+    pies = (d != modes(p["pruned"], k)).sum(-1)
+    if "floor" not in p:
+        return np.array([pies, np.nan, np.nan], float)
+    fl = (d != modes(p["floor"], k)).sum(-1)
+    return np.array([pies, fl, pies / fl if fl else np.nan], float)
 
 
-def floor_key(key: Key) -> Key:
-    """The noise-floor population of ``key``'s method (dense runs with seeds S..2S-1)."""
-    return (key[0], "floor", 0.0)
-
-
-def pie_counts(preds: Mapping[Key, np.ndarray], num_classes: int,
+def pie_counts(preds: Mapping[PopKey, np.ndarray], num_classes: int,
                confidence: float = intervals.CONFIDENCE,
                max_subsets: int = intervals.MAX_SUBSETS) -> pd.DataFrame:
     """One row per pruned population: its PIE count, its method's noise floor (PIEs between
     the dense and the floor population) and their ratio, each with a seed interval, and the number
     of tied modal votes in the dense, the pruned and the floor population."""
     rows = []
-    for key in sorted(preds, key=lambda k: (k[0], k[1], float(k[2]))):
-        dk, fk = dense_key(key), floor_key(key)
-        if key[1] in NOT_PRUNED or dk not in preds:
+    for key in sorted(map(PopKey._make, preds), key=lambda k: (k.method, k.schedule, k.sparsity)):
+        dk, fk = PopKey.dense(key.method), PopKey.floor(key.method)
+        if key.is_dense or key.is_floor or dk not in preds:
             continue
         pops = {"dense": preds[dk], "pruned": preds[key]}
         if fk in preds:
             pops["floor"] = preds[fk]
-
-        def stat(p: Mapping[str, np.ndarray]) -> np.ndarray:
-            d = metrics.modal_labels(p["dense"], num_classes)
-            pies = (d != metrics.modal_labels(p["pruned"], num_classes)).sum()
-            if "floor" not in p:
-                return np.array([pies, np.nan, np.nan], float)
-            fl = (d != metrics.modal_labels(p["floor"], num_classes)).sum()
-            return np.array([pies, fl, _ratio(pies, fl)])
-
-        iv = seed_interval(pops, stat, confidence, max_subsets=max_subsets)
+        iv = seed_interval(pops, lambda p: _count_statistic(p, num_classes), confidence,
+                           max_subsets=max_subsets)
         tie = {f"ties_{k}": int(metrics.tied_votes(v, num_classes).sum()) for k, v in pops.items()}
         rows.append({
-            "method": key[0], "schedule": key[1], "sparsity": key[2],
+            "method": key.method, "schedule": key.schedule, "sparsity": key.sparsity,
             "pies": int(iv.estimate[0]), "ci_low": iv.low[0], "ci_high": iv.high[0],
             "floor": iv.estimate[1], "floor_ci_low": iv.low[1], "floor_ci_high": iv.high[1],
             "pies_over_floor": iv.estimate[2], "ratio_ci_low": iv.low[2],
@@ -134,20 +130,22 @@ def pie_count_intervals(preset, store, confidence: float = intervals.CONFIDENCE,
 class Evidence:
     """Everything the claims need, as arrays with models (ordered by seed) on axis 0.
 
-    ``onset``: population key -> GMP begin fraction of each onset-curve point (the sweep and
-    gmp_early, equal durations, at the onset sparsity). ``qscores`` / ``depths``: per-model Q-Score
-    and prediction depth (models, images) of the dense and headline-sparsity populations (depth
-    only for the first few models). ``contrast``: the schedules of claim 3's non-deciding row.
+    ``onset``: population key -> (begin, end) GMP window of each point of the onset sweep (the
+    populations evaluate marks as onset points, at the onset sparsity). ``accuracy``: method ->
+    mean dense test accuracy (fraction). ``qscores`` / ``depths``: per-model Q-Score and prediction
+    depth (models, images) of the dense and headline-sparsity populations (depth only for the
+    first few models). ``contrast``: the schedules of claim 3's non-deciding row.
     """
 
-    preds: dict[Key, np.ndarray]
+    preds: dict[PopKey, np.ndarray]
     num_classes: int
     headline: float
     schedules: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
-    onset: dict[Key, float] = field(default_factory=dict)
-    qscores: dict[Key, np.ndarray] = field(default_factory=dict)
-    depths: dict[Key, np.ndarray] = field(default_factory=dict)
+    onset: dict[PopKey, tuple[float, float]] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)
+    qscores: dict[PopKey, np.ndarray] = field(default_factory=dict)
+    depths: dict[PopKey, np.ndarray] = field(default_factory=dict)
     reference: str = "ce"
     contrast: tuple[str, str] = ("gmp_early", "gmp_late")
     scale: str = ""
@@ -159,17 +157,18 @@ class Evidence:
             if np.ndim(v) != 2 or len(v) < 1:
                 raise ValueError(f"predictions of {k} must be (models >= 1, images); "
                                  f"got shape {np.shape(v)}")
+        self.preds = {PopKey._make(k): v for k, v in self.preds.items()}
         if not self.methods:
-            self.methods = tuple(dict.fromkeys(k[0] for k in self.preds))
+            self.methods = tuple(dict.fromkeys(k.method for k in self.preds))
         if not self.schedules:
-            self.schedules = tuple(sorted({k[1] for k in self.preds if k[1] not in NOT_PRUNED
-                                           and not k[1].startswith("gmp@")}))
+            self.schedules = tuple(sorted({k.schedule for k in self.preds if not k.is_dense
+                                           and not k.is_floor and not k.schedule.startswith("gmp@")}))
 
-    def at_headline(self, method: str, schedule: str) -> Key | None:
+    def at_headline(self, method: str, schedule: str) -> PopKey | None:
         """The key of (method, schedule) at the headline sparsity, if it and its dense
         population are present."""
-        key = (method, schedule, self.headline)
-        return key if key in self.preds and dense_key(key) in self.preds else None
+        key = PopKey(method, schedule, self.headline)
+        return key if key in self.preds and PopKey.dense(method) in self.preds else None
 
     def interval(self, pops: Mapping[Hashable, np.ndarray], stat: Callable) -> SeedInterval:
         """:func:`pcl.intervals.seed_interval` at this evidence's settings."""
@@ -177,89 +176,81 @@ class Evidence:
 
 
 def _row(ev: Evidence, claim: int, comparison: str, statistic: str, iv: SeedInterval, i,
-         greater: bool, decides: bool = True) -> dict:
+         greater: bool, decides: bool = True, guard: str = "", note: str = "") -> dict:
+    """One T1 row; ``guard`` (why a confound makes the row not decided) overrides the verdict."""
     est, lo, hi = iv[i]
+    v = (TOO_FEW if not iv.delete else NOT_DECIDED if guard
+         else verdict(lo, hi, greater=greater))
     return {"claim": TITLES[claim], "comparison": comparison, "statistic": statistic,
             "estimate": est, "ci_low": lo, "ci_high": hi, "interval": iv.label(),
-            "verdict": verdict(lo, hi, greater=greater), "decides": decides, "scale": ev.scale}
+            "verdict": v, "decides": decides, "note": "; ".join(x for x in (guard, note) if x),
+            "scale": ev.scale}
 
 
 # ------------------------------------------------------------------------------------------------
 # claim 1: a contrastive method loses more examples than CE at high sparsity
 # ------------------------------------------------------------------------------------------------
+def accuracy_guard(accuracy: Mapping[str, float], a: str, b: str) -> tuple[str, str]:
+    """(guard, note) of claim 1: both dense accuracies, and why the row is not decided when they
+    are unknown or differ by more than :data:`MAX_ACCURACY_GAP` (PROTOCOL.md, confound 1)."""
+    if a not in accuracy or b not in accuracy:
+        return f"dense accuracy of {a} or {b} unknown", ""
+    note = f"dense accuracy {a} {100 * accuracy[a]:.1f} %, {b} {100 * accuracy[b]:.1f} %"
+    gap = abs(accuracy[a] - accuracy[b])
+    if gap > MAX_ACCURACY_GAP + 1e-12:
+        return f"dense accuracies {100 * gap:.1f} points apart (> {100 * MAX_ACCURACY_GAP:g})", note
+    return "", note
+
+
+def floor_guard(floor_a: float, floor_b: float) -> str:
+    """Why a floor-relative row is not decided: a floor below :data:`MIN_FLOOR` (confound 4)."""
+    low = min(floor_a, floor_b)
+    return f"noise floor {low:.0f} PIEs < {MIN_FLOOR} (not validated)" if not low >= MIN_FLOOR else ""
+
+
 def claim_1(ev: Evidence) -> list[dict]:
     """PIEs(method) - PIEs(reference) at the headline sparsity per schedule, raw and relative to
-    each method's noise floor (PIEs / floor), for every method other than the reference."""
+    each method's noise floor on a log scale, for every method other than the reference; every
+    row states both dense accuracies and is decided only when they match."""
     rows = []
-    k = ev.num_classes
-    for m in ev.methods:
-        if m == ev.reference:
-            continue
+    for m in [m for m in ev.methods if m != ev.reference]:
+        guard, note = accuracy_guard(ev.accuracy, m, ev.reference)
         for sch in ev.schedules:
             km, kr = ev.at_headline(m, sch), ev.at_headline(ev.reference, sch)
             if km is None or kr is None:
                 continue
-            pops = {"dm": ev.preds[dense_key(km)], "pm": ev.preds[km],
-                    "dr": ev.preds[dense_key(kr)], "pr": ev.preds[kr]}
-            floors = floor_key(km) in ev.preds and floor_key(kr) in ev.preds
-            if floors:
-                pops.update(fm=ev.preds[floor_key(km)], fr=ev.preds[floor_key(kr)])
-
-            def stat(p: Mapping[str, np.ndarray]) -> np.ndarray:
-                dm, dr = metrics.modal_labels(p["dm"], k), metrics.modal_labels(p["dr"], k)
-                a = (dm != metrics.modal_labels(p["pm"], k)).sum()
-                b = (dr != metrics.modal_labels(p["pr"], k)).sum()
-                if "fm" not in p:
-                    return np.array([a - b, np.nan], float)
-                fa = (dm != metrics.modal_labels(p["fm"], k)).sum()
-                fb = (dr != metrics.modal_labels(p["fr"], k)).sum()
-                return np.array([a - b, _ratio(a, fa) - _ratio(b, fb)])
-
-            iv = ev.interval(pops, stat)
+            pops = {"dm": ev.preds[PopKey.dense(m)], "pm": ev.preds[km],
+                    "dr": ev.preds[PopKey.dense(ev.reference)], "pr": ev.preds[kr]}
+            fm, fr = PopKey.floor(m), PopKey.floor(ev.reference)
+            if fm in ev.preds and fr in ev.preds:
+                pops.update(fm=ev.preds[fm], fr=ev.preds[fr])
+            iv = ev.interval(pops, lambda p: method_statistic(p, ev.num_classes))
             comp = f"{m} vs {ev.reference}, {sch} @ {ev.headline}"
-            rows.append(_row(ev, 1, comp, f"PIEs({m}) - PIEs({ev.reference})", iv, 0, True))
-            if floors:
-                rows.append(_row(ev, 1, comp, f"PIEs/floor ({m}) - PIEs/floor ({ev.reference})",
-                                 iv, 1, True))
+            r = ev.reference
+            rows.append(_row(ev, 1, comp, f"PIEs({m}) - PIEs({r})", iv, 0, True, guard=guard,
+                             note=note))
+            if "fm" in pops:
+                fguard = guard or floor_guard(iv.estimate[2], iv.estimate[3])
+                rows.append(_row(ev, 1, comp, f"log(PIEs/floor) ({m}) - log(PIEs/floor) ({r})",
+                                 iv, 1, True, guard=fguard, note=f"{note}; floors "
+                                 f"{iv.estimate[2]:.0f} / {iv.estimate[3]:.0f}"))
     return rows
 
 
 # ------------------------------------------------------------------------------------------------
 # claim 2: PIEs carry the representation damage (Q-Score, prediction depth)
 # ------------------------------------------------------------------------------------------------
-def damage_difference(dense_preds: np.ndarray, pruned_preds: np.ndarray, dense_values: np.ndarray,
-                      pruned_values: np.ndarray, num_classes: int) -> float:
-    """Mean over PIEs minus mean over the other images of the per-image change from the dense to
-    the pruned population mean of a per-model value (NaN values ignored); NaN when either group is
-    empty."""
-    return _group_difference(metrics.pie_mask(dense_preds, pruned_preds, num_classes), dense_values,
-                             pruned_values)
-
-
-def _group_difference(mask: np.ndarray, dense_values: np.ndarray, pruned_values: np.ndarray
-                      ) -> float:
-    if len(dense_values) == 0 or len(pruned_values) == 0:
-        return float("nan")
-    with warnings.catch_warnings():  # all-NaN columns (constant features) are left out
-        warnings.simplefilter("ignore", RuntimeWarning)
-        delta = np.nanmean(pruned_values, 0) - np.nanmean(dense_values, 0)
-    ok = np.isfinite(delta)
-    a, b = delta[mask & ok], delta[~mask & ok]
-    return float(a.mean() - b.mean()) if len(a) and len(b) else float("nan")
-
-
 def claim_2(ev: Evidence) -> list[dict]:
     """Per method and schedule at the headline sparsity: mean dense->pruned change of the
     population-mean Q-Score (and prediction depth) over PIEs minus over the other images. Holds
     when PIEs lose more Q-Score (< 0) and gain more depth (> 0)."""
     rows = []
-    k = ev.num_classes
     for m in ev.methods:
         for sch in ev.schedules:
             key = ev.at_headline(m, sch)
             if key is None:
                 continue
-            dk = dense_key(key)
+            dk = PopKey.dense(m)
             pops = {"dp": ev.preds[dk], "pp": ev.preds[key]}
             parts = []
             for name, table, greater in (("Q-Score", ev.qscores, False),
@@ -269,13 +260,9 @@ def claim_2(ev: Evidence) -> list[dict]:
                     parts.append((name, greater))
             if not parts:
                 continue
-
-            def stat(p: Mapping[str, np.ndarray], parts=parts) -> np.ndarray:
-                mask = metrics.pie_mask(p["dp"], p["pp"], k)
-                return np.array([_group_difference(mask, p[f"d{n}"], p[f"p{n}"])
-                                 for n, _ in parts])
-
-            iv = ev.interval(pops, stat)
+            names = tuple(n for n, _ in parts)
+            iv = ev.interval(pops, lambda p, names=names: damage_statistic(p, ev.num_classes,
+                                                                             names))
             for i, (name, greater) in enumerate(parts):
                 models = min(len(pops[f"d{name}"]), len(pops[f"p{name}"]))
                 rows.append(_row(ev, 2, f"{m} {sch} @ {ev.headline} ({name}: {models} models)",
@@ -286,189 +273,112 @@ def claim_2(ev: Evidence) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 # claim 3: early pruning hurts most (the onset sweep)
 # ------------------------------------------------------------------------------------------------
-def slope(x: np.ndarray, y: np.ndarray) -> float:
-    """Least-squares slope of ``y`` on ``x``."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    xc = x - x.mean()
-    den = (xc ** 2).sum()
-    return float((xc * (y - y.mean())).sum() / den) if den > 0 else float("nan")
+def onset_guard(windows: list[tuple[float, float]]) -> str:
+    """Why an onset sweep cannot decide claim 3 (PROTOCOL.md, confound 2), or ''."""
+    begins = sorted({round(b, 9) for b, _ in windows})
+    late = [f"{b:.2f}-{e:.2f}" for b, e in windows if e > MAX_ONSET_END + 1e-9]
+    out = []
+    if len(begins) < MIN_ONSETS:
+        out.append(f"{len(begins)} onset begins (needs at least {MIN_ONSETS})")
+    if late:
+        out.append(f"windows ending after {MAX_ONSET_END} leave no time to recover: "
+                   + ", ".join(late))
+    return "; ".join(out)
 
 
 def claim_3(ev: Evidence) -> list[dict]:
     """Per method: the least-squares slope of the PIE count against the GMP begin fraction over
-    the onset sweep (same sparsity, same duration); holds when negative. The early-vs-late
-    contrast at the headline sparsity is shown but does not decide."""
+    the onset sweep (holds when negative), with every point and its interval (shown); the
+    early-vs-late contrast at the headline sparsity is shown but does not decide."""
     rows = []
-    k = ev.num_classes
     for m in ev.methods:
-        pts = sorted(((b, key) for key, b in ev.onset.items()
-                      if key[0] == m and key in ev.preds and dense_key(key) in ev.preds),
-                     key=lambda t: (t[0], t[1]))
-        if len({b for b, _ in pts}) < 2:
+        pts = sorted((w, key) for key, w in ev.onset.items()
+                     if key.method == m and key in ev.preds and PopKey.dense(m) in ev.preds)
+        if not pts:
             continue
-        dk = dense_key(pts[0][1])
-        begins = np.array([b for b, _ in pts])
-        pops = {"dense": ev.preds[dk], **{i: ev.preds[key] for i, (_, key) in enumerate(pts)}}
-
-        def stat(p: Mapping, n=len(pts), begins=begins) -> float:
-            d = metrics.modal_labels(p["dense"], k)
-            return slope(begins, [(d != metrics.modal_labels(p[i], k)).sum() for i in range(n)])
-
-        iv = ev.interval(pops, stat)
-        sp = sorted({key[2] for _, key in pts})
-        rows.append(_row(ev, 3, f"{m} @ {', '.join(map(str, sp))} (begins "
-                                + ", ".join(f"{b:.3g}" for b in begins) + ")",
-                         "slope of PIEs vs GMP begin (PIEs per unit of training)", iv, (), False))
+        begins = np.array([w[0] for w, _ in pts])
+        pops = {"dense": ev.preds[PopKey.dense(m)],
+                **{i: ev.preds[key] for i, (_, key) in enumerate(pts)}}
+        iv = ev.interval(pops, lambda p, b=begins: onset_statistic(p, ev.num_classes, b))
+        rows.append(_row(ev, 3, f"{m} onset sweep @ {pts[0][1].sparsity} ({len(pts)} begins)",
+                         "slope of PIEs vs GMP begin (PIEs per unit of training)", iv, 0, False,
+                         guard=onset_guard([w for w, _ in pts])))
+        rows += [_row(ev, 3, f"{m} onset window {b:.3g}-{e:.3g} ({key.schedule})",
+                      "PIEs at this onset", iv, i + 1, True, decides=False)
+                 for i, ((b, e), key) in enumerate(pts)]
     early, late = ev.contrast
     for m in ev.methods:
         ke, kl = ev.at_headline(m, early), ev.at_headline(m, late)
         if ke is None or kl is None:
             continue
-        pops = {"dense": ev.preds[dense_key(ke)], "early": ev.preds[ke], "late": ev.preds[kl]}
-
-        def stat2(p: Mapping) -> float:
-            d = metrics.modal_labels(p["dense"], k)
-            early, late = metrics.modal_labels(p["early"], k), metrics.modal_labels(p["late"], k)
-            return float((d != early).sum() - (d != late).sum())
-
+        pops = {"dense": ev.preds[PopKey.dense(m)], "early": ev.preds[ke], "late": ev.preds[kl]}
+        iv = ev.interval(pops, lambda p: (pie_count(p["dense"], p["early"], ev.num_classes)
+                                          - pie_count(p["dense"], p["late"], ev.num_classes)))
         rows.append(_row(ev, 3, f"{m} @ {ev.headline} (windows differ in length: does not decide)",
-                         f"PIEs({early}) - PIEs({late})", ev.interval(pops, stat2), (), True,
-                         decides=False))
+                         f"PIEs({early}) - PIEs({late})", iv, (), True, decides=False))
     return rows
 
 
 # ------------------------------------------------------------------------------------------------
 # claim 4: PIE sets are largely unique to each learning-and-pruning pair
 # ------------------------------------------------------------------------------------------------
-def jaccard_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) Jaccard index between boolean masks (rows); 0 where both are empty."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    inter = a @ b.T
-    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def random_jaccard(size_a: np.ndarray, size_b: np.ndarray, n: int) -> np.ndarray:
-    """Overlap of random sets of the given sizes among ``n`` images: expected intersection
-    (a*b/n) over expected union (a + b - a*b/n); 0 where both are empty."""
-    a, b = np.asarray(size_a, float)[:, None], np.asarray(size_b, float)[None, :]
-    inter = a * b / n
-    union = a + b - inter
-    return np.divide(inter, union, out=np.zeros_like(union), where=union > 0)
-
-
-def half_splits(n: int, max_splits: int = MAX_SPLITS, seed: int = 0
-                ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Splits of ``n`` seeds into two disjoint halves of ``n // 2`` (one seed left out when
-    ``n`` is odd): all unordered splits when there are at most ``max_splits``, else random ones."""
-    h = n // 2
-    if h < 1:
-        return []
-    total = math.comb(n, h) * math.comb(n - h, h) // 2
-    if total <= max_splits:
-        out = []
-        for a in itertools.combinations(range(n), h):
-            rest = [i for i in range(n) if i not in a]
-            for b in itertools.combinations(rest, h):
-                if a < b:
-                    out.append((np.array(a), np.array(b)))
-        return out
-    rng = np.random.default_rng(seed)
-    perms = [rng.permutation(n) for _ in range(max_splits)]
-    return [(np.sort(p[:h]), np.sort(p[h:2 * h])) for p in perms]
-
-
-def overlap_statistics(dense: Mapping[str, np.ndarray], pruned: Mapping[tuple, np.ndarray],
-                       num_classes: int, max_splits: int = MAX_SPLITS) -> np.ndarray:
-    """Claim 4's statistics, from split halves of the seeds (PIE sets of half A vs half B).
-
-    ``dense``: method -> (models, images); ``pruned``: (method, schedule) -> (models, images),
-    rows paired by seed. For each split into halves A and B (the same seeds in every
-    population): within(p) = J(PIEs_A(p), PIEs_B(p)); cross(p, q) = mean of J(PIEs_A(p), PIEs_B(q))
-    and J(PIEs_B(p), PIEs_A(q)) for different pairs p, q, so both use two disjoint halves of the
-    seeds and differ only in the pair. Returns, averaged over splits and pairs:
-    [cross - within (paired: cross(p, q) - mean(within(p), within(q))), the same over pairs with
-    the same schedule and another method, over pairs with the same method and another schedule,
-    within, cross, random-set overlap of within's and of cross's sets (same sizes,
-    :func:`random_jaccard`), within - its random overlap, cross - its random overlap].
-    """
-    names = list(pruned)
-    if len(names) < 2:
-        raise ValueError(f"claim 4 needs at least two (method, schedule) pairs, got {names}")
-    n = min(len(v) for v in list(dense.values()) + list(pruned.values()))
-    splits = half_splits(n, max_splits)
-    if not splits:
-        return np.full(9, np.nan)
-    n_img = next(iter(pruned.values())).shape[1]
-    iu = np.triu_indices(len(names), 1)
-    same_sch = np.array([names[i][1] == names[j][1] for i, j in zip(*iu)])
-    same_m = np.array([names[i][0] == names[j][0] for i, j in zip(*iu)])
-    acc = []
-    for a, b in splits:
-        masks = {}
-        for half, rows in (("A", a), ("B", b)):
-            dm = {m: metrics.modal_labels(np.asarray(v)[rows], num_classes) for m, v in dense.items()}
-            masks[half] = np.stack([dm[p[0]] != metrics.modal_labels(np.asarray(pruned[p])[rows], num_classes)
-                                    for p in names])
-        jab = jaccard_rows(masks["A"], masks["B"])  # [p, q]: J(A of p, B of q)
-        within = np.diag(jab)
-        cross = ((jab + jab.T) / 2)[iu]
-        paired = cross - (within[iu[0]] + within[iu[1]]) / 2
-        sa, sb = masks["A"].sum(1), masks["B"].sum(1)
-        rnd = random_jaccard(sa, sb, n_img)
-        rnd_cross = ((rnd + rnd.T) / 2)[iu]
-
-        def mean(x: np.ndarray) -> float:
-            return float(x.mean()) if x.size else float("nan")
-        w, c, rw, rc = mean(within), mean(cross), mean(np.diag(rnd)), mean(rnd_cross)
-        acc.append([mean(paired), mean(paired[same_sch & ~same_m]),
-                    mean(paired[same_m & ~same_sch]), w, c, rw, rc, w - rw, c - rc])
-    with warnings.catch_warnings():  # a column that is NaN for every split stays NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(np.array(acc, float), 0)
+def _pairs(ev: Evidence) -> dict:
+    """Claim 4's populations: ('dense', method) and (method, schedule) at the headline."""
+    pairs = [(m, s) for m in ev.methods for s in ev.schedules if ev.at_headline(m, s)]
+    pops = {("dense", m): ev.preds[PopKey.dense(m)] for m in dict.fromkeys(p[0] for p in pairs)}
+    pops.update({p: ev.preds[PopKey(p[0], p[1], ev.headline)] for p in pairs})
+    return pops
 
 
 def claim_4(ev: Evidence) -> list[dict]:
-    """Cross-pair PIE-set overlap (Jaccard) against the within-pair split-half overlap at the
-    headline sparsity; holds when cross < within. The overlap of random sets of the same sizes is
-    shown as the floor."""
-    pairs = [(m, sch) for m in ev.methods for sch in ev.schedules if ev.at_headline(m, sch)]
-    if len(pairs) < 2:
+    """Cross-pair PIE-set overlap coefficient against the within-pair split-half overlap at the
+    headline sparsity (holds when cross < within); the same per kind of pair, Jaccard, and the
+    cross-pair overlap above that of random sets of the same sizes are shown beside it."""
+    pops = _pairs(ev)
+    n_pairs = sum(key[0] != "dense" for key in pops)
+    if n_pairs < 2:
         return []
-    k = ev.num_classes
-    pops = {("dense", m): ev.preds[(m, "dense", 0.0)] for m in {p[0] for p in pairs}}
-    pops.update({p: ev.preds[(p[0], p[1], ev.headline)] for p in pairs})
-
-    def stat(p: Mapping) -> np.ndarray:
-        dense = {key[1]: v for key, v in p.items() if key[0] == "dense"}
-        pruned = {key: v for key, v in p.items() if key[0] != "dense"}
-        return overlap_statistics(dense, pruned, k)
-
-    iv = ev.interval(pops, stat)
+    iv = ev.interval(pops, lambda p: pair_statistic(p, ev.num_classes))
     e = iv.estimate
-    n = min(len(v) for v in pops.values())
-    h = n // 2
-    where = (f"{len(pairs)} pairs @ {ev.headline}, halves of {h} seed{'s' * (h != 1)} (Jaccard "
-             f"within {e[3]:.3f}, cross {e[4]:.3f}; random sets {e[5]:.3f} / {e[6]:.3f})")
-    rows = [_row(ev, 4, where, "cross-pair - within-pair Jaccard", iv, 0, False)]
-    if np.isfinite(e[1]):
-        rows.append(_row(ev, 4, "same schedule, another method",
-                         "cross-pair - within-pair Jaccard", iv, 1, False, decides=False))
-    if np.isfinite(e[2]):
-        rows.append(_row(ev, 4, "same method, another schedule",
-                         "cross-pair - within-pair Jaccard", iv, 2, False, decides=False))
-    rows.append(_row(ev, 4, "within-pair reproducibility above chance (the floor)",
-                     "within-pair - random-set Jaccard", iv, 7, True, decides=False))
-    rows.append(_row(ev, 4, "cross-pair overlap above chance (the floor)",
-                     "cross-pair - random-set Jaccard", iv, 8, True, decides=False))
+    h = min(len(v) for v in pops.values()) // 2
+    where = (f"{n_pairs} pairs @ {ev.headline}, halves of {h} seed{'s' * (h != 1)}")
+    note = (f"overlap coefficient within {e[3]:.3f}, cross {e[4]:.3f}; "
+            f"Jaccard within {e[7]:.3f}, cross {e[8]:.3f}")
+    rows = [_row(ev, 4, where, STATISTICS[0], iv, 0, False, note=note)]
+    rows += [_row(ev, 4, STATISTICS[i], STATISTICS[0], iv, i, False, decides=False)
+             for i in (1, 2) if np.isfinite(e[i])]
+    rows.append(_row(ev, 4, where, STATISTICS[6], iv, 6, False, decides=False))
+    rows.append(_row(ev, 4, "cross-pair overlap above chance (the floor)", STATISTICS[5], iv, 5,
+                     True, decides=False))
     return rows
+
+
+def overlap_matrix(preds: Mapping[PopKey, np.ndarray], num_classes: int, sparsity: float,
+                   schedules: tuple[str, ...] | None = None, max_splits: int = MAX_SPLITS
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(overlap coefficient, Jaccard) between the PIE sets of every pruned configuration at
+    ``sparsity`` (figure F4), as DataFrames indexed by 'method schedule'. Every entry compares
+    disjoint halves of the seeds, so the diagonal is each configuration's split-half
+    reproducibility and off-diagonal entries are comparable with it (claim 4's statistic)."""
+    keys = [PopKey._make(k) for k in preds if not PopKey._make(k).is_dense
+            and not PopKey._make(k).is_floor and k[2] == sparsity
+            and PopKey.dense(k[0]) in preds and (schedules is None or k[1] in schedules)]
+    if not keys:
+        raise ValueError(f"no pruned population at sparsity {sparsity}; "
+                         f"have {sorted({k[2] for k in preds})}")
+    dense = {k.method: preds[PopKey.dense(k.method)] for k in keys}
+    oc, jac, _ = split_overlaps(dense, {(k.method, k.schedule): preds[k] for k in keys},
+                                num_classes, max_splits)
+    names = [f"{k.method} {k.schedule}" for k in keys]
+    return (pd.DataFrame(oc, index=names, columns=names),
+            pd.DataFrame(jac, index=names, columns=names))
 
 
 CLAIMS: list[Callable[[Evidence], list[dict]]] = [claim_1, claim_2, claim_3, claim_4]
 
 
 # ------------------------------------------------------------------------------------------------
-# the table, its loader and its Markdown
+# the table and its loader
 # ------------------------------------------------------------------------------------------------
 def run_claims(ev: Evidence, claims: list[Callable[[Evidence], list[dict]]] | None = None
                ) -> pd.DataFrame:
@@ -480,32 +390,33 @@ def run_claims(ev: Evidence, claims: list[Callable[[Evidence], list[dict]]] | No
 def load_evidence(preset, store, data=None, confidence: float = intervals.CONFIDENCE,
                   max_subsets: int = intervals.MAX_SUBSETS) -> Evidence:
     """The arrays every claim needs, from a run store: predictions of every finished population,
-    per-model Q-Scores of the dense and headline-sparsity populations, and (with ``data``, the
-    study's dataset) per-model prediction depth of their first ``preset.pd_models`` models from
-    the cached k-NN probes (computed and cached when missing)."""
+    dense accuracies, the onset points (evaluate's) with their windows, per-model Q-Scores of the
+    dense and headline-sparsity populations, and (with ``data``, the study's dataset) per-model
+    prediction depth of their first ``preset.pd_models`` models from the cached k-NN probes."""
     from . import evaluate
 
     pops = evaluate.populations(preset, store)
     preds = {key: evaluate.predictions(store, cfgs) for key, cfgs in pops.items()}
+    runs = evaluate.run_table(preset, store)
+    accuracy = runs[runs.schedule == "dense"].groupby("method").test_acc.mean().to_dict()
     begins = evaluate.onset_begins(preset)
-    onset = {key: begins[key[1]] for key in preds
-             if key[1] in begins and key[2] == preset.onset_sparsity}
-    damage = [key for key in pops if key[1] == "dense"
-              or (key[2] == preset.headline_sparsity and key[1] in preset.schedules)]
+    onset = {key: cfgs[0].gmp_window for key, cfgs in pops.items()
+             if key.schedule in begins and key.sparsity == preset.onset_sparsity}
+    damage = [key for key in pops if key.is_dense
+              or (key.sparsity == preset.headline_sparsity and key.schedule in preset.schedules)]
     qscores = {key: np.stack([metrics.q_score(store.load_features(c).numpy()) for c in pops[key]])
                for key in damage}
     depths = {}
     if data is not None:
         for key in damage:
-            cfgs = pops[key][:preset.pd_models]
             depths[key] = np.stack([metrics.prediction_depth(
                 evaluate.probe_predictions(c, store, data, preset.knn_k, preset.pd_train_images),
-                store.load_logits(c).argmax(1).numpy()) for c in cfgs])
+                store.load_logits(c).argmax(1).numpy()) for c in pops[key][:preset.pd_models]])
     return Evidence(preds=preds, num_classes=preset.ce.num_classes,
                     headline=preset.headline_sparsity, schedules=tuple(preset.schedules),
-                    methods=tuple(m for m in preset.methods if any(k[0] == m for k in preds)),
-                    onset=onset, qscores=qscores, depths=depths, scale=preset.label(),
-                    confidence=confidence, max_subsets=max_subsets)
+                    methods=tuple(m for m in preset.methods if any(k.method == m for k in preds)),
+                    onset=onset, accuracy=accuracy, qscores=qscores, depths=depths,
+                    scale=preset.label(), confidence=confidence, max_subsets=max_subsets)
 
 
 def claims_table(preset, store, data=None, confidence: float = intervals.CONFIDENCE,
@@ -513,86 +424,3 @@ def claims_table(preset, store, data=None, confidence: float = intervals.CONFIDE
     """T1 of a study: :func:`run_claims` on :func:`load_evidence` (prediction depth only when
     ``data`` is given)."""
     return run_claims(load_evidence(preset, store, data, confidence, max_subsets))
-
-
-def _num(x: float) -> str:
-    """A number for prose: integers with thousands separators, else 3 significant digits."""
-    if not np.isfinite(x):
-        return "n/a"
-    if float(x).is_integer() or abs(x) >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.3g}"
-
-
-def _ci(lo: float, hi: float) -> str:
-    return f"[{_num(lo)}, {_num(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else "[no interval]"
-
-
-def claims_markdown(t1: pd.DataFrame) -> str:
-    """T1 as a Markdown table (for the README and the executed notebook)."""
-    lines = ["| claim | comparison | statistic | estimate [95% CI] | verdict |",
-             "|---|---|---|---|---|"]
-    for r in t1.itertuples():
-        v = f"**{r.verdict}**" if r.decides else f"{r.verdict} (shown, does not decide)"
-        lines.append(f"| {r.claim} | {r.comparison} | {r.statistic} | "
-                     f"{_num(r.estimate)} {_ci(r.ci_low, r.ci_high)} | {v} |")
-    return "\n".join(lines)
-
-
-def counts_markdown(counts: pd.DataFrame, sparsity: float | None = None) -> str:
-    """One line per method: its PIE counts at ``sparsity`` (default: the highest), each with the
-    method's noise floor and the tied votes."""
-    if counts is None or counts.empty:
-        return "No pruned population is finished yet."
-    s = counts.sparsity.max() if sparsity is None else sparsity
-    d = counts[counts.sparsity == s]
-    lines = [f"PIE counts at sparsity {s} (95% intervals over seeds; the noise floor is the PIE "
-             "count between two independent dense populations of the same method; tied votes are "
-             "dense / pruned):"]
-    for m, g in d.groupby("method", sort=False):
-        parts = [f"{r.schedule} {_num(r.pies)} {_ci(r.ci_low, r.ci_high)} (floor {_num(r.floor)}"
-                 f" {_ci(r.floor_ci_low, r.floor_ci_high)}, {r.pies_over_floor:.2f}x floor; ties "
-                 f"{r.ties_dense}/{r.ties_pruned})" if np.isfinite(r.floor) else
-                 f"{r.schedule} {_num(r.pies)} {_ci(r.ci_low, r.ci_high)} (no floor population; "
-                 f"ties {r.ties_dense}/{r.ties_pruned})" for r in g.itertuples()]
-        lines.append(f"- **{m}**: " + "; ".join(parts) + ".")
-    return "\n".join(lines)
-
-
-def summary_markdown(t1: pd.DataFrame | None, counts: pd.DataFrame | None = None,
-                     sparsity: float | None = None) -> str:
-    """A short summary generated from the tables: the PIE counts next to their floors, and per
-    claim what holds, what is contradicted and what cannot be told apart."""
-    out = []
-    if counts is not None:
-        out.append(counts_markdown(counts, sparsity))
-    if t1 is not None and len(t1):
-        scale = t1.scale.iloc[0] if "scale" in t1 and t1.scale.iloc[0] else ""
-        out.append(f"Claims{f' at {scale}' if scale else ''} (verdicts from 95% intervals over "
-                   "seeds; only deciding rows count):")
-        for claim, g in t1.groupby("claim", sort=False):
-            dec = g[g.decides.astype(bool)]
-            tally = {v: int((dec.verdict == v).sum()) for v in VERDICTS}
-            n = len(dec)
-            if n == 0:
-                out.append(f"- **{claim}**: no deciding comparison could be computed.")
-                continue
-            if n == 1:
-                head = {HOLDS: "holds", CONTRADICTED: "is contradicted",
-                        UNCLEAR: "cannot be told apart"}[dec.verdict.iloc[0]]
-            elif tally[HOLDS] == n:
-                head = f"holds in all {n} comparisons"
-            elif tally[CONTRADICTED] == n:
-                head = f"is contradicted in all {n} comparisons"
-            elif tally[UNCLEAR] == n:
-                head = f"cannot be told apart in any of its {n} comparisons"
-            else:
-                head = (f"holds in {tally[HOLDS]} of {n} comparisons, is contradicted in "
-                        f"{tally[CONTRADICTED]} and cannot be told apart in {tally[UNCLEAR]}")
-            parts = []
-            for stat, h in dec.groupby("statistic", sort=False):
-                parts.append(f"{stat}: " + "; ".join(
-                    f"{r.comparison} = {_num(r.estimate)} {_ci(r.ci_low, r.ci_high)} ({r.verdict})"
-                    for r in h.itertuples()))
-            out.append(f"- **{claim}** {head}. " + ". ".join(parts) + ".")
-    return "\n\n".join(out) if out else "Nothing to summarise yet."

@@ -1,12 +1,13 @@
-"""Run configuration, validation, hashing and the named presets.
+"""Run configuration, validation, hashing, and what a preset (one study) is.
 
 One frozen :class:`RunConfig` describes one training run completely; its hash names the run's
 folder in the run store (as open_lth does). A :class:`Preset` describes a whole study: its
-methods and their base configs, the seeds, sparsities, schedules and evaluation settings.
+methods and their base configs, the seeds, sparsities, schedules and evaluation settings (the
+named presets are in :mod:`pcl.presets`).
 
-What a ``method`` or a ``pruning`` schedule means (its allowed names, the fields it does not use,
-a run's parent) is read from the registries :mod:`pcl.methods` and :mod:`pcl.schedules`. They sit
-above this module (a method builds models), so it imports them inside functions.
+What a ``method`` or a ``pruning`` schedule means (its allowed names, the fields and hparams it
+owns, a run's parent) is read from the registries of :mod:`pcl.registry`, filled by
+:mod:`pcl.methods` and :mod:`pcl.schedules` (which sit above this module: a method builds models).
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .schedules import SCOPES  # torch-free: schedules imports nothing of pcl at load
+from .registry import METHODS, SCHEDULES, Entry
 
+#: Scopes of a magnitude prune: one threshold over all prunable weights, or per tensor.
+SCOPES = ("global", "layerwise")
 LR_SCHEDULES = ("constant", "cosine", "step")
 DATASETS = ("cifar10", "synthetic")
 PRECISIONS = ("fp32", "bf16")
@@ -33,25 +36,22 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
 
 
-def _method(name: str):
+def _method(name: str) -> Any:
     """The registered method ``name`` (:mod:`pcl.methods`), or a ConfigError naming the allowed."""
-    from . import methods
-
-    _choice("method", name, methods.names())
-    return methods.get(name)
+    _choice("method", name, METHODS.names())
+    return METHODS.get(name)
 
 
-def _schedule(name: str):
+def _schedule(name: str) -> Any:
     """The registered pruning schedule ``name`` (:mod:`pcl.schedules`), or a ConfigError."""
-    from . import schedules
-
-    _choice("pruning schedule", name, schedules.names())
-    return schedules.get(name)
+    _choice("pruning schedule", name, SCHEDULES.names())
+    return SCHEDULES.get(name)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Every hyperparameter of one run. Fields not used by a method are still hashed."""
+    """Every hyperparameter of one run; :func:`canonical` resets the fields its method and
+    schedule do not own, so they never change its hash."""
 
     method: str = "ce"
     seed: int = 0
@@ -100,11 +100,27 @@ class RunConfig:
     finetune_weight_decay: float = 0.0  # as the original
     finetune_head_only: bool = False
     oneshot_scope: str = "global"
+    # the run's method's and schedule's own hparams (registry.Entry.hparams) that differ from
+    # their defaults, as sorted (name, value) pairs; read them with :meth:`hp`
+    hparams: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         validate(self)
 
     # --- derived -----------------------------------------------------------------------------
+    def entries(self) -> tuple[Entry, Entry]:
+        """(method entry, schedule entry) of this run."""
+        return _method(self.method), _schedule(self.pruning)
+
+    def hp(self, name: str) -> Any:
+        """The value of hparam ``name`` of the run's method or schedule (its default unless set)."""
+        given = dict(self.hparams)
+        for e in self.entries():
+            if name in e.hparams:
+                return given.get(name, e.hparams[name])
+        raise ConfigError(f"{name!r} is no hparam of method {self.method!r} or schedule "
+                          f"{self.pruning!r}; theirs: {sorted(_own_hparams(self))}")
+
     @property
     def gmp_window(self) -> tuple[float, float] | None:
         """(begin, end) of the GMP schedule as fractions of the run's optimiser steps (None for
@@ -124,6 +140,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["lr_milestones"] = list(self.lr_milestones)
+        d["hparams"] = [[k, list(v) if isinstance(v, tuple) else v] for k, v in self.hparams]
         return d
 
     @classmethod
@@ -135,6 +152,8 @@ class RunConfig:
         d = dict(d)
         if "lr_milestones" in d:
             d["lr_milestones"] = tuple(d["lr_milestones"])
+        if "hparams" in d:
+            d["hparams"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in d["hparams"])
         return cls(**d)
 
     def run_hash(self) -> str:
@@ -149,19 +168,34 @@ class RunConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def canonical(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with every field the run does not use reset to its default (so hashes match):
-    the fields its method and its schedule declare unused, and the data fields of other datasets."""
+def _own_hparams(cfg: RunConfig) -> dict[str, Any]:
+    """Default of every hparam of ``cfg``'s method and schedule."""
+    method, schedule = cfg.entries()
+    return method.hparams | schedule.hparams
+
+
+def canonical(cfg: RunConfig, **hparams: Any) -> RunConfig:
+    """``cfg`` (with ``hparams`` set) as the run it is, so equal runs hash equally: every field
+    other entries own (and ``synthetic_size`` off synthetic data) at its default, and only its
+    own hparams that differ from their defaults kept."""
     d = RunConfig()
-    unused = list(_schedule(cfg.pruning).unused) + list(_method(cfg.method).unused)
+    unused = (METHODS.owned() | SCHEDULES.owned()) - set(cfg.entries()[0].owns + cfg.entries()[1].owns)
     if cfg.dataset != "synthetic":
-        unused += ["synthetic_size"]
-    return replace(cfg, **{f: getattr(d, f) for f in unused})
+        unused.add("synthetic_size")
+    own = _own_hparams(cfg)
+    unknown = set(hparams) - set(own)
+    if unknown:
+        raise ConfigError(f"unknown hparams {sorted(unknown)} for method {cfg.method!r} and "
+                          f"schedule {cfg.pruning!r}; theirs: {sorted(own)}")
+    hp = {k: v for k, v in (dict(cfg.hparams) | hparams).items() if k in own and v != own[k]}
+    return replace(cfg, hparams=tuple(sorted(hp.items())), **{f: getattr(d, f) for f in unused})
 
 
 def dense_parent(cfg: RunConfig) -> RunConfig:
     """The same run without pruning: the dense run a one-shot run starts from."""
-    return canonical(replace(cfg, pruning="none", sparsity=0.0))
+    own = _method(cfg.method).hparams
+    return canonical(replace(cfg, pruning="none", sparsity=0.0,
+                             hparams=tuple(p for p in cfg.hparams if p[0] in own)))
 
 
 def _check_types(c: RunConfig) -> None:
@@ -184,62 +218,61 @@ def _check_types(c: RunConfig) -> None:
             raise ConfigError(f"{f.name} must be {what}; got {v!r} ({type(v).__name__})")
 
 
+def _check_hparams(c: RunConfig) -> None:
+    """Every hparam is one of the run's method's or schedule's, of its default's type."""
+    own = _own_hparams(c)
+    for pair in c.hparams:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and pair[0] in own):
+            raise ConfigError(f"hparams must be (name, value) pairs with names in {sorted(own)} "
+                              f"(method {c.method!r}, schedule {c.pruning!r}); got {pair!r}")
+        if type(pair[1]) is not type(own[pair[0]]):
+            raise ConfigError(f"hparam {pair[0]!r} must be a {type(own[pair[0]]).__name__} like its "
+                              f"default {own[pair[0]]!r}; got {pair[1]!r}")
+
+
+#: (fields, allowed-value test, what is allowed): the range checks of :func:`validate`, in order.
+_RANGES: tuple[tuple[tuple[str, ...], Any, str], ...] = (
+    (("width", "epochs", "batch_size", "head_batch_size", "finetune_batch_size", "gmp_events",
+      "proj_dim"), lambda v: v >= 1, "must be a positive integer"),
+    (("num_classes",), lambda v: v >= 2, "must be at least 2"),
+    (("seed",), lambda v: v >= 0, "must be a non-negative integer"),
+    (("lr", "head_lr", "finetune_lr", "temperature", "base_temperature"), lambda v: v > 0,
+     "must be positive"),
+    (("weight_decay", "head_weight_decay", "finetune_weight_decay"), lambda v: v >= 0, "must be >= 0"),
+    (("momentum", "sparsity"), lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    (("synthetic_size",), lambda v: v >= 0, "must be >= 0"),
+    (("gmp_begin", "gmp_end"), lambda v: 0.0 <= v <= 1.0,
+     "is a fraction of the run's steps and must be in [0, 1]"),
+    (("train_per_class", "test_per_class"), lambda v: v is None or v >= 1,
+     "must be a positive integer or None"),
+)
+_CHOICES = (("precision", PRECISIONS), ("dataset", DATASETS), ("lr_schedule", LR_SCHEDULES),
+            ("gmp_scope", SCOPES), ("oneshot_scope", SCOPES), ("head_lr_schedule", LR_SCHEDULES))
+
+
 def validate(c: RunConfig) -> None:
     """Raise :class:`ConfigError` naming the first bad value and what is allowed."""
     _check_types(c)
-    _choice("precision", c.precision, PRECISIONS)
-    method = _method(c.method)
-    schedule = _schedule(c.pruning)
-    _choice("dataset", c.dataset, DATASETS)
-    _choice("lr_schedule", c.lr_schedule, LR_SCHEDULES)
-    _choice("gmp_scope", c.gmp_scope, SCOPES)
-    _choice("oneshot_scope", c.oneshot_scope, SCOPES)
-    _choice("head_lr_schedule", c.head_lr_schedule, LR_SCHEDULES)
+    method, schedule = c.entries()
+    for name, allowed in _CHOICES:
+        _choice(name, getattr(c, name), allowed)
     if c.depth < 10 or (c.depth - 4) % 6:
         raise ConfigError(f"WideResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...); got {c.depth}")
-    if c.width < 1:
-        raise ConfigError(f"width must be a positive integer; got {c.width}")
-    for name in ("epochs", "batch_size", "head_batch_size", "finetune_batch_size", "gmp_events",
-                 "proj_dim"):
-        if getattr(c, name) < 1:
-            raise ConfigError(f"{name} must be a positive integer; got {getattr(c, name)}")
-    if c.num_classes < 2:
-        raise ConfigError(f"num_classes must be at least 2; got {c.num_classes}")
-    if c.seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer; got {c.seed}")
-    for name in ("lr", "head_lr", "finetune_lr", "temperature", "base_temperature"):
-        if getattr(c, name) <= 0:
-            raise ConfigError(f"{name} must be positive; got {getattr(c, name)}")
-    for name in ("weight_decay", "head_weight_decay", "finetune_weight_decay"):
-        if getattr(c, name) < 0:
-            raise ConfigError(f"{name} must be >= 0; got {getattr(c, name)}")
-    if not (0.0 <= c.momentum < 1.0):
-        raise ConfigError(f"momentum must be in [0, 1); got {c.momentum}")
-    if c.synthetic_size < 0:
-        raise ConfigError(f"synthetic_size must be >= 0; got {c.synthetic_size}")
-    method.validate(c)
-    if not (0.0 <= c.sparsity < 1.0):
-        raise ConfigError(f"sparsity must be in [0, 1); got {c.sparsity}")
-    if c.pruning == "none" and c.sparsity != 0.0:
-        from .schedules import names
-
-        raise ConfigError(f"sparsity {c.sparsity} given with pruning='none'; choose a pruning schedule "
-                          f"from {tuple(n for n in names() if n != 'none')}")
-    if c.pruning != "none" and c.sparsity == 0.0:
-        raise ConfigError(f"pruning={c.pruning!r} needs a sparsity in (0, 1); got 0.0")
-    for name in ("gmp_begin", "gmp_end"):
-        v = getattr(c, name)
-        if not (0.0 <= v <= 1.0):
-            raise ConfigError(f"{name} is a fraction of the run's steps and must be in [0, 1]; got {v}")
-    schedule.validate(c)
-    for name in ("train_per_class", "test_per_class"):
-        v = getattr(c, name)
-        if v is not None and v < 1:
-            raise ConfigError(f"{name} must be a positive integer or None; got {v}")
+    for names, ok, allowed in _RANGES:
+        for name in names:
+            if not ok(getattr(c, name)):
+                raise ConfigError(f"{name} {allowed}; got {getattr(c, name)}")
+    if (c.pruning == "none") != (c.sparsity == 0.0):
+        raise ConfigError(f"sparsity {c.sparsity} given with pruning={c.pruning!r}: 'none' takes 0.0, "
+                          f"every other schedule ({', '.join(n for n in SCHEDULES.names() if n != 'none')})"
+                          " a sparsity in (0, 1)")
     if c.dataset == "synthetic" and c.synthetic_size < c.num_classes:
         raise ConfigError(f"synthetic_size must be at least num_classes; got {c.synthetic_size}")
     if any(not (0 < m < 1) for m in c.lr_milestones):
         raise ConfigError(f"lr_milestones are fractions in (0, 1); got {c.lr_milestones}")
+    method.validate(c)
+    schedule.validate(c)
+    _check_hparams(c)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,22 +299,37 @@ class Preset:
     onset_begins: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.6)
     onset_duration: float = 0.2375  # same length as gmp_early
     onset_sparsity: float = 0.9
+    onset_methods: tuple[str, ...] | None = None  # methods the onset sweep trains; None: all
+    # schedules whose runs (at onset_sparsity) are also points of the onset curve, e.g. gmp_early
+    # when its window has the sweep's duration: the sweep then starts at its begin
+    onset_points_from: tuple[str, ...] = ()
     pd_models: int = 5  # models per population for prediction depth
     pd_train_images: int | None = None  # training images used to fit the probes; None = all
     knn_k: int = 30
     umap_sparsity: float = 0.95
     headline_sparsity: float = 0.9  # "high sparsity" for F3, F4, F8 and the claims
+    reference: str = "ce"  # the method the others are compared with (claims, figures)
+    contrast: tuple[str, str] = ("gmp_early", "gmp_late")  # claim 3's early-vs-late schedule pair
+
+    def __post_init__(self) -> None:
+        _method(self.reference)
+        for name in self.onset_points_from + self.contrast:
+            _schedule(name)
 
     def base(self, method: str) -> RunConfig:
         """The base config of ``method``: the preset's ``ce`` or ``supcon`` config it is like."""
         like = getattr(self, _method(method).like)
-        return like if like.method == method else replace(like, method=method)
+        return like if like.method == method else replace(like, method=method, hparams=())
 
     def run(self, method: str, seed: int, pruning: str = "none", sparsity: float = 0.0,
             **overrides: Any) -> RunConfig:
-        """The config of one run of this study."""
-        return canonical(replace(self.base(method), seed=seed, pruning=pruning, sparsity=sparsity,
-                                 **overrides))
+        """The config of one run of this study; ``overrides`` set config fields and the method's
+        or schedule's own hparams."""
+        fields = {f.name for f in dataclasses.fields(RunConfig)}
+        hp = {k: v for k, v in overrides.items() if k not in fields}
+        cfg = replace(self.base(method), seed=seed, pruning=pruning, sparsity=sparsity,
+                      **{k: v for k, v in overrides.items() if k in fields})
+        return canonical(cfg, **hp)
 
     def label(self) -> str:
         """What every figure says about its scale."""
@@ -294,53 +342,6 @@ class Preset:
                 f"CE {c.epochs} ep, SupCon {self.supcon.epochs}+{self.supcon.head_epochs} ep, "
                 f"{self.precision} training" + "".join(f", {m}" for m in self.methods
                                                        if m not in ("ce", "supcon")))
-
-
-_PAPER_CE = RunConfig(method="ce", epochs=205, batch_size=128, lr=0.1, lr_schedule="cosine",
-                      weight_decay=5e-4, vflip=True)
-_PAPER_SUPCON = RunConfig(method="supcon", epochs=500, batch_size=1024, lr=0.05,
-                          lr_schedule="constant", weight_decay=4e-4, head_epochs=100,
-                          head_batch_size=256, head_lr=0.1, head_lr_schedule="cosine",
-                          vflip=True)  # vflip: the head and one-shot fine-tuning are CE-style
-
-PRESETS: dict[str, Preset] = {
-    "paper": Preset(
-        name="paper",
-        description="The protocol exactly: WRN-16-2, full CIFAR-10, 30 seeds. GPU work.",
-        ce=_PAPER_CE, supcon=_PAPER_SUPCON, seeds=30, sparsities=(0.3, 0.5, 0.7, 0.9, 0.95),
-        pd_models=5, pd_train_images=None, precision="auto"),
-    "cpu": Preset(
-        name="cpu",
-        description=("Sized for evidence in about 90 minutes on 2 CPU cores: WRN-10-1 on the full "
-                     "training set, 5 seeds + a 5-seed noise floor, CE 2 epochs, SupCon 3+1 epochs, "
-                     "bf16 training where native."),
-        ce=replace(_PAPER_CE, depth=10, width=1, epochs=2, vflip=False, finetune_epochs=1),
-        supcon=replace(_PAPER_SUPCON, depth=10, width=1, epochs=3, batch_size=128, lr=0.02,
-                       lr_schedule="cosine", head_epochs=1, head_batch_size=128, finetune_epochs=1,
-                       vflip=False),
-        seeds=5, sparsities=(0.9,), onset_begins=(0.3875, 0.7625), onset_sparsity=0.9,
-        pd_models=3, pd_train_images=10000, umap_sparsity=0.9, headline_sparsity=0.9,
-        precision="auto"),
-    "smoke": Preset(
-        name="smoke",
-        description="The whole pipeline in minutes: WRN-10-1 on tiny data, 2 seeds, 1-2 epochs.",
-        ce=replace(_PAPER_CE, depth=10, width=1, train_per_class=20, test_per_class=50, epochs=2,
-                   batch_size=64, vflip=False, finetune_epochs=1),
-        supcon=replace(_PAPER_SUPCON, depth=10, width=1, train_per_class=20, test_per_class=50,
-                       epochs=2, batch_size=64, head_epochs=1, head_batch_size=64,
-                       finetune_epochs=1, vflip=False),
-        seeds=2, sparsities=(0.5, 0.9), onset_begins=(0.4,), onset_sparsity=0.9,
-        pd_models=2, knn_k=5, umap_sparsity=0.9, headline_sparsity=0.9),
-}
-
-
-#: Beyond the paper: SimCLR as a third method (PROTOCOL.md), at the paper's scale and at smoke scale.
-PRESETS["extended"] = replace(
-    PRESETS["paper"], name="extended", methods=("ce", "supcon", "simclr"),
-    description="The paper preset plus SimCLR (NT-Xent, labels unused) as a third learning method.")
-PRESETS["smoke-extended"] = replace(
-    PRESETS["smoke"], name="smoke-extended", methods=("ce", "supcon", "simclr"),
-    description="The smoke preset plus SimCLR: the three-method pipeline in minutes (tests, CI).")
 
 
 def resolve_device(device: Any = None):
@@ -377,31 +378,3 @@ def resolve_precision(precision: str = "auto", device: str | None = None) -> str
         return "bf16" if native_bf16(device) else "fp32"
     _choice("precision", precision, ("auto",) + PRECISIONS)
     return precision
-
-
-def get_preset(name: str, dataset: str | None = None, synthetic_size: int = 200,
-               precision: str | None = None, methods: tuple[str, ...] | None = None) -> Preset:
-    """A named preset; ``dataset="synthetic"`` swaps its data for synthetic images (tests, CI).
-
-    ``precision`` ('auto', 'fp32' or 'bf16') sets every run's training precision; None keeps the
-    preset's ('auto' for cpu and paper: bf16 where the hardware computes it natively, else fp32;
-    'fp32' for smoke, so tests give the same runs on every machine). The precision is part of each
-    run's config, so it names a different run. ``methods`` replaces the preset's methods (any
-    registered in :mod:`pcl.methods`), e.g. ``("ce", "supcon", "simclr")``.
-    """
-    _choice("preset", name, tuple(PRESETS))
-    p = PRESETS[name]
-    if methods is not None:
-        p = replace(p, methods=tuple(methods))
-    for m in p.methods:
-        _method(m)  # an unknown method fails here, naming the registered ones
-    prec = resolve_precision(precision or p.precision)
-    p = replace(p, precision=prec, ce=replace(p.ce, precision=prec),
-                supcon=replace(p.supcon, precision=prec))
-    if dataset is not None:
-        _choice("dataset", dataset, DATASETS)
-        kw: dict[str, Any] = {"dataset": dataset}
-        if dataset == "synthetic":
-            kw.update(synthetic_size=synthetic_size, train_per_class=None, test_per_class=None)
-        p = replace(p, ce=replace(p.ce, **kw), supcon=replace(p.supcon, **kw))
-    return p

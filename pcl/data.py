@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .store import atomic_save
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -54,12 +56,6 @@ def default_root() -> Path:
     return Path(os.environ.get("PCL_DATA", "data"))
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    from .store import atomic_save  # local import: store imports nothing from here
-
-    atomic_save(obj, path)
-
-
 def _image_files(d: Path) -> list[Path]:
     """The .png/.jpg files of one class folder, in name order (the order images are read in)."""
     return sorted(p for p in d.iterdir() if p.suffix.lower() in _EXTS)
@@ -83,7 +79,7 @@ def _count_mismatch(blob: dict, counts: dict[str, list[int]]) -> str | None:
         have = _split_counts(blob[split][1])
         if len(have) != len(want):
             return f"{split} has {len(want)} classes, the cache {len(have)}"
-        for cls, h, w in zip(CLASSES, have, want):
+        for cls, h, w in zip(CLASSES, have, want, strict=True):
             if h != w:
                 return f"{split}/{cls} has {w} images, the cache {h}"
     return None
@@ -178,7 +174,7 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto",
     if len(train) != 50000 or len(test) != 10000:
         raise DataError(f"{root}: expected 50,000 train and 10,000 test images, found "
                         f"{len(train)} and {len(test)}")
-    _atomic_torch_save({"train": (train.images, train.labels), "test": (test.images, test.labels)},
+    atomic_save({"train": (train.images, train.labels), "test": (test.images, test.labels)},
                        cache)
     return Dataset(train, test, f"cifar10-{source}")
 

@@ -3,13 +3,14 @@
 Every run stores its test logits and penultimate features when it finishes; prediction depth's
 k-NN probe predictions are computed once per run and stored in the run folder (``eval/``), so a
 table is rebuilt from disk in seconds and nothing is ever retrained or re-evaluated.
-Populations are keyed by (method, schedule, sparsity); ``schedule`` is a config's
-:attr:`~pcl.config.RunConfig.schedule` label ('dense', 'gmp_early', 'gmp_late', 'oneshot' or
-'gmp@0.30-0.54' for the onset sweep).
+Populations are keyed by :class:`~pcl.keys.PopKey` (method, population label, sparsity); the
+label is a config's :attr:`~pcl.config.RunConfig.schedule` ('dense', 'gmp_early', 'oneshot',
+'gmp@0.30-0.54' for a point of the onset sweep, 'floor' for the noise floor).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import sys
 from collections import defaultdict
 
@@ -17,44 +18,40 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics
+from . import __version__, knn, metrics, provenance
 from .config import Preset, RunConfig, resolve_device
 from .data import Dataset, load_for_config
+from .keys import PopKey
 from .models import WideResNet, eval_forward
-from .schedules import get as get_schedule
-from .store import RunStore
+from .store import RunStore, _atomic_write_bytes
 from .study import onset_configs, plan
 from .train import load_model
 
-Key = tuple  # (method, schedule, sparsity)
 
-
-def population_key(preset: Preset, cfg: RunConfig) -> Key:
+def population_key(preset: Preset, cfg: RunConfig) -> PopKey:
     """(method, schedule, sparsity); dense runs with seeds >= preset.seeds form the noise-floor
     population (method, 'floor', 0.0)."""
     sch = "floor" if cfg.pruning == "none" and cfg.seed >= preset.seeds else cfg.schedule
-    return (cfg.method, sch, cfg.sparsity)
+    return PopKey(cfg.method, sch, cfg.sparsity)
 
 
-def populations(preset: Preset, store: RunStore | None = None) -> dict[Key, list[RunConfig]]:
+def populations(preset: Preset, store: RunStore | None = None) -> dict[PopKey, list[RunConfig]]:
     """Every population of the study, its configs ordered by seed; the noise floor's second dense
     population is keyed (method, 'floor', 0.0).
 
     With ``store``, only finished runs are kept (and empty populations dropped).
     """
-    out: dict[Key, list[RunConfig]] = defaultdict(list)
+    out: dict[PopKey, list[RunConfig]] = defaultdict(list)
     for c in plan(preset):
         if store is None or store.is_done(c):
             out[population_key(preset, c)].append(c)
     return {k: sorted(v, key=lambda c: c.seed) for k, v in out.items() if v}
 
 
-def _dense_key(key: Key) -> Key:
-    return (key[0], "dense", 0.0)
-
-
 def run_table(preset: Preset, store: RunStore) -> pd.DataFrame:
-    """One row per finished run: method, schedule, sparsity, seed, accuracy, measured sparsity."""
+    """One row per finished run: method, schedule, sparsity, seed, accuracy, measured sparsity,
+    and its provenance: a hash of its test logits and its machine fingerprint
+    (:mod:`pcl.provenance`; None for a run stored without a machine record)."""
     rows = []
     for (m, sch, s), cfgs in populations(preset, store).items():
         for c in cfgs:
@@ -62,7 +59,9 @@ def run_table(preset: Preset, store: RunStore) -> pd.DataFrame:
             secs = sum(e["seconds"] for e in h["epochs"])
             rows.append({"method": m, "schedule": sch, "sparsity": s, "seed": c.seed,
                          "test_acc": h["test_acc"], "measured_sparsity": h["sparsity"],
-                         "train_seconds": secs, "run": c.run_hash()})
+                         "train_seconds": secs, "run": c.run_hash(),
+                         "logits_hash": provenance.logits_hash(store.load_logits(c)),
+                         "fingerprint": provenance.fingerprint_key(store.load_env(c))})
     return pd.DataFrame(rows)
 
 
@@ -71,7 +70,7 @@ def predictions(store: RunStore, cfgs: list[RunConfig]) -> np.ndarray:
     return np.stack([store.load_logits(c).argmax(1).numpy() for c in cfgs])
 
 
-def population_predictions(preset: Preset, store: RunStore) -> dict[Key, np.ndarray]:
+def population_predictions(preset: Preset, store: RunStore) -> dict[PopKey, np.ndarray]:
     """(models, images) predictions of every finished population, loaded once."""
     return {key: predictions(store, cfgs) for key, cfgs in populations(preset, store).items()}
 
@@ -82,11 +81,13 @@ def pie_table(preset: Preset, store: RunStore, labels: np.ndarray) -> pd.DataFra
     k = preset.ce.num_classes
     frames = []
     for key, pruned in preds.items():
-        if key[1] == "dense" or _dense_key(key) not in preds:
+        key = PopKey(*key)
+        if key.is_dense or PopKey.dense(key.method) not in preds:
             continue
-        dense = preds[_dense_key(key)]
+        dense = preds[PopKey.dense(key.method)]
         frames.append(pd.DataFrame({
-            "method": key[0], "schedule": key[1], "sparsity": key[2], "image": np.arange(len(labels)),
+            "method": key.method, "schedule": key.schedule, "sparsity": key.sparsity,
+            "image": np.arange(len(labels)),
             "label": labels, "dense_modal": metrics.modal_labels(dense, k),
             "pruned_modal": metrics.modal_labels(pruned, k),
             "pie": metrics.pie_mask(dense, pruned, k), "models": len(pruned)}))
@@ -127,18 +128,18 @@ def probe_predictions(cfg: RunConfig, store: RunStore, data: Dataset, k: int = 3
         tr = tap_features(net, data.train.images[idx], device)
         te = tap_features(net, data.test.images, device)
         ytr = data.train.labels[idx]
-        preds = metrics.knn_predict_many(tr, ytr, te, k=k, num_classes=cfg.num_classes, device=device)
+        preds = knn.knn_predict_many(tr, ytr, te, k=k, num_classes=cfg.num_classes, device=device)
         return preds.astype(np.int16)
 
     return np.asarray(store.artifact(cfg, f"probes-k{k}-n{n}", compute))
 
 
-def depth_populations(preset: Preset, store: RunStore) -> dict[Key, list[RunConfig]]:
+def depth_populations(preset: Preset, store: RunStore) -> dict[PopKey, list[RunConfig]]:
     """The populations prediction depth is measured on: dense and every schedule at the
     headline sparsity, ``pd_models`` models each."""
     pops = populations(preset, store)
     return {k: v[:preset.pd_models] for k, v in pops.items()
-            if k[1] == "dense" or k[2] == preset.headline_sparsity}
+            if k.is_dense or k.sparsity == preset.headline_sparsity}
 
 
 def depth_table(preset: Preset, store: RunStore, data: Dataset, device=None,
@@ -150,7 +151,7 @@ def depth_table(preset: Preset, store: RunStore, data: Dataset, device=None,
     labels = data.test.labels.numpy()
     pops = depth_populations(preset, store)
     jobs = [(k, c) for k, cfgs in pops.items() for c in cfgs]
-    per: dict[Key, list] = defaultdict(list)
+    per: dict[PopKey, list] = defaultdict(list)
     for key, c in tqdm(jobs, desc="prediction depth", disable=not progress, mininterval=30,
                        file=sys.stdout):
         probes = probe_predictions(c, store, data, preset.knn_k, preset.pd_train_images, device)
@@ -168,21 +169,16 @@ def depth_table(preset: Preset, store: RunStore, data: Dataset, device=None,
 
 
 def onset_begins(preset: Preset) -> dict[str, float]:
-    """Schedule label -> GMP begin of every point of the onset curve: the sweep's configs, and
-    each of the preset's schedules whose window has the sweep's duration (gmp_early)."""
-    out = {}
-    for name in preset.schedules:
-        w = get_schedule(name).window(preset.run(preset.methods[0], 0, name, preset.onset_sparsity))
-        if w is not None and abs((w[1] - w[0]) - preset.onset_duration) < 1e-9:
-            out[name] = w[0]
-    for c in onset_configs(preset, preset.methods[0], 0):
-        out[c.schedule] = c.gmp_window[0]
-    return out
+    """Schedule label -> GMP begin of every point of the onset curve: exactly the runs the
+    preset's sweep plans, and the schedules it declares points (``onset_points_from``)."""
+    m = preset.methods[0]
+    cfgs = [preset.run(m, 0, n, preset.onset_sparsity) for n in preset.onset_points_from]
+    return {c.schedule: c.gmp_window[0] for c in cfgs + onset_configs(preset, m, 0)}
 
 
 def onset_table(runs: pd.DataFrame, counts: pd.DataFrame, preset: Preset) -> pd.DataFrame:
     """The pruning-onset curve at ``onset_sparsity``: one row per (method, begin) with the mean
-    accuracy and the PIE count; gmp_early (same duration) is the earliest point."""
+    accuracy and the PIE count, over the points :func:`onset_begins` names."""
     s = preset.onset_sparsity
     acc = runs[runs.sparsity == s].groupby(["method", "schedule"], as_index=False).test_acc.mean()
     d = acc.merge(counts[counts.sparsity == s], on=["method", "schedule"])
@@ -218,14 +214,15 @@ def umap_of_run(cfg: RunConfig, store: RunStore, idx: np.ndarray, random_state: 
 # ------------------------------------------------------------------------------------------------
 #: The study-wide tidy tables :func:`study_table` caches, and how each is built.
 TABLES = ("runs", "pies", "qscores", "depths")
+#: Bumped when a table's columns change, so a cached table of an older build is rebuilt
+#: (2: run rows carry ``logits_hash`` and ``fingerprint``).
+TABLE_SCHEMA = 2
 
 
 def _table_fingerprint(preset: Preset, store: RunStore, name: str) -> str:
     """Changes whenever a run finishes (or the preset, the table or pcl's version changes)."""
-    import pcl
-
     runs = sorted(c.run_hash() for cfgs in populations(preset, store).values() for c in cfgs)
-    blob = "|".join([pcl.__version__, name, repr(preset), *runs])
+    blob = "|".join([__version__, name, str(TABLE_SCHEMA), repr(preset), *runs])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -250,10 +247,6 @@ def study_table(name: str, preset: Preset, store: RunStore, data_root: str | Non
         table = qscore_table(preset, store, data.test.labels.numpy())
     else:
         table = depth_table(preset, store, data, progress=progress)
-    import io
-
-    from .store import _atomic_write_bytes
-
     buf = io.BytesIO()
     table.to_pickle(buf)
     _atomic_write_bytes(buf.getvalue(), path)
@@ -277,10 +270,10 @@ def _votes(preds: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray,
     return counts.argmax(1), top / preds.shape[0], (counts == top[:, None]).sum(1) > 1
 
 
-def _per_image(table: pd.DataFrame | None, column: str, n: int) -> dict[Key, np.ndarray]:
+def _per_image(table: pd.DataFrame | None, column: str, n: int) -> dict[PopKey, np.ndarray]:
     """``table[column]`` as one length-``n`` array per (method, schedule, sparsity), NaN where
     an image has no row."""
-    out: dict[Key, np.ndarray] = {}
+    out: dict[PopKey, np.ndarray] = {}
     if table is None or len(table) == 0:
         return out
     missing = {"method", "schedule", "sparsity", "image", column} - set(table.columns)
@@ -292,11 +285,11 @@ def _per_image(table: pd.DataFrame | None, column: str, n: int) -> dict[Key, np.
             raise ValueError(f"{column!r} table: images of ({m}, {sch}, {s}) outside 0..{n - 1}")
         arr = np.full(n, np.nan)
         arr[img] = g[column].to_numpy(dtype=float)
-        out[(m, sch, round(float(s), 6))] = arr
+        out[PopKey(m, sch, round(float(s), 6))] = arr
     return out
 
 
-def images_table(preds: dict[Key, np.ndarray], labels: np.ndarray, num_classes: int,
+def images_table(preds: dict[PopKey, np.ndarray], labels: np.ndarray, num_classes: int,
                  qscores: pd.DataFrame | None = None, depths: pd.DataFrame | None = None
                  ) -> pd.DataFrame:
     """``images.csv``: one row per (test image, configuration compared with its method's dense
@@ -323,19 +316,19 @@ def images_table(preds: dict[Key, np.ndarray], labels: np.ndarray, num_classes: 
     d = _per_image(depths, "depth", n)
     nan = np.full(n, np.nan)
 
-    def look(t: dict[Key, np.ndarray], key: Key) -> np.ndarray:
-        return t.get((key[0], key[1], round(float(key[2]), 6)), nan)
+    def look(t: dict[PopKey, np.ndarray], key: PopKey) -> np.ndarray:
+        return t.get(PopKey(key.method, key.schedule, round(float(key.sparsity), 6)), nan)
 
     frames = []
-    for key in sorted(preds, key=lambda k: (k[0], k[1], float(k[2]))):
-        dk = _dense_key(key)
-        if key[1] == "dense" or dk not in preds:
+    for key in sorted(map(PopKey._make, preds), key=lambda k: (k.method, k.schedule, float(k.sparsity))):
+        dk = PopKey.dense(key.method)
+        if key.is_dense or dk not in preds:
             continue
         dense, pruned = np.asarray(preds[dk]), np.asarray(preds[key])
         dm, ds, dt = _votes(dense, num_classes)
         pm, ps, pt = _votes(pruned, num_classes)
         frames.append(pd.DataFrame({
-            "method": key[0], "schedule": key[1], "sparsity": float(key[2]),
+            "method": key.method, "schedule": key.schedule, "sparsity": float(key.sparsity),
             "image": np.arange(n), "label": labels, "dense_modal": dm, "pruned_modal": pm,
             "dense_share": ds, "pruned_share": ps, "pie": dm != pm, "dense_ties": dt,
             "pruned_ties": pt, "qscore_dense": look(q, dk), "qscore_pruned": look(q, key),

@@ -8,15 +8,15 @@ worker holds comes back as ``busy`` and is retried later; a finished run is neve
 Executors (``run(..., executor=...)``):
 
 * ``local``: worker processes on this machine (one torch thread each on CPU; on CUDA at most
-  ``workers_per_gpu`` of them, default 1, share each visible GPU), each started as
-  a fresh interpreter that imports ``pcl`` (so a script calling ``run_all`` needs no ``__main__``
-  guard, unlike multiprocessing's spawn). A
-  worker dies with the process that started it: it asks the kernel for a signal when its parent
-  dies (Linux) and also watches its parent id, and on that signal releases its lease and exits.
+  ``workers_per_gpu`` of them, default 1, share each visible GPU), each a fresh interpreter that
+  imports ``pcl`` (a script calling ``run_all`` needs no ``__main__`` guard). A worker dies with
+  the process that started it: it asks the kernel for a signal when its parent dies (Linux) and
+  also watches its parent id, and on that signal releases its lease and exits.
 * ``submitit-local``: submitit's ``LocalExecutor``; each run a real job in its own process.
 * ``slurm``: submitit's ``SlurmExecutor``; runs go out as job arrays. A job that is pre-empted or
   reaches its time limit is requeued by submitit (the submitted :class:`TrainJob` is
-  ``Checkpointable``) and resumes from the run's last epoch checkpoint.
+  ``Checkpointable``) and resumes from the run's last epoch checkpoint. A job SLURM no longer
+  lists that left no result (cancelled, killed) fails its run, naming its log.
 
 Runs whose parent run (``cfg.parent()``, the dense run a one-shot run starts from) is not finished
 are held back until it is. One progress bar counts finished runs; stopping and calling again picks
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import selectors
 import signal
 import subprocess
@@ -34,26 +33,17 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import submitit
 
 from .config import RunConfig
+from .executor_options import check_options, make_submitit_executor, task_options
+from .executor_options import cluster_options as cluster_options  # the notebooks' entry point
 from .lease import DEFAULT_STALE_AFTER, LEASE_NAME, LOG_NAME, Lease, LeaseCallback, LeaseLostError
+from .plan import Plan
 from .store import RunStore
-
-EXECUTORS = ("local", "submitit-local", "slurm")
-#: executor_options every executor understands
-COMMON_OPTIONS = ("threads", "device", "stale_after", "poll", "cudnn_benchmark", "compile")
-#: further executor_options of the local executor
-LOCAL_OPTIONS = ("workers_per_gpu",)
-#: further executor_options of the submitit executors
-SUBMITIT_OPTIONS = ("folder", "time", "gpus", "partition", "array_parallelism", "extra",
-                    "max_requeues", "max_jobs")
-#: minutes; the local executor's jobs run for at most this long (a week: effectively unlimited)
-LOCAL_TIME_LIMIT = 7 * 24 * 60
 
 
 class RunsFailedError(RuntimeError):
@@ -114,8 +104,20 @@ def train_leased(cfg: RunConfig | dict, store: RunStore | str | Path, data_root:
             raise
         outcome = "finished"
         return _summary(cfg, store, "done", trained=True)
+    except BaseException as err:
+        _release_quietly(lease, err, outcome=outcome, first_epoch=cb.first, last_epoch=cb.last)
+        raise
     finally:
-        lease.release(outcome=outcome, first_epoch=cb.first, last_epoch=cb.last)
+        if lease.held:  # not released yet: no error is on its way out, so a failure here is news
+            lease.release(outcome=outcome, first_epoch=cb.first, last_epoch=cb.last)
+
+
+def _release_quietly(lease: Lease, err: BaseException, **fields: Any) -> None:
+    """Release ``lease`` while ``err`` is on its way out: a failing release is noted on ``err``."""
+    try:
+        lease.release(**fields)
+    except Exception as e:
+        err.add_note(f"(releasing the lease {lease.path} also failed: {type(e).__name__}: {e})")
 
 
 def job_token() -> str | None:
@@ -151,133 +153,14 @@ class TrainJob(submitit.helpers.Checkpointable):
                             cudnn_benchmark=self.cudnn_benchmark, compile=self.compile)
 
 
-# ------------------------------------------------------------------------------------------------
-# which runs are ready
-@dataclass
-class _Plan:
-    """The runs still to finish, their parents, and when a busy run may be tried again."""
-
-    store: RunStore
-    stale_after: float
-    configs: dict[str, RunConfig]
-    todo: dict[str, RunConfig] = field(default_factory=dict)
-    retry_at: dict[str, float] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-    results: list[dict] = field(default_factory=list)
-    poll_interval: float = 5.0
-
-    @classmethod
-    def of(cls, configs: Iterable[RunConfig], store: RunStore, stale_after: float) -> "_Plan":
-        uniq = {c.run_hash(): c for c in configs}
-        p = cls(store, stale_after, uniq)
-        p.todo = {h: c for h, c in uniq.items() if not store.is_done(c)}
-        p._check_parents()
-        return p
-
-    def parents(self, cfg: RunConfig) -> list[RunConfig]:
-        par = cfg.parent()
-        return [] if par is None else [par]
-
-    def _leased(self, cfg: RunConfig) -> bool:
-        return Lease(self.store.path(cfg) / LEASE_NAME, self.stale_after).is_live()
-
-    def _abandoned(self, cfg: RunConfig) -> bool:
-        """Neither finished nor being trained (DONE is checked again after the lease: a worker
-        publishes DONE before it lets go of the lease)."""
-        return (not self.store.is_done(cfg) and not self._leased(cfg)
-                and not self.store.is_done(cfg))
-
-    def _check_parents(self) -> None:
-        """A parent that is neither finished, planned here nor being trained elsewhere: error."""
-        missing = {}
-        for c in self.todo.values():
-            for par in self.parents(c):
-                h = par.run_hash()
-                if h not in self.configs and self._abandoned(par):
-                    missing[h] = (par, c)
-        if missing:
-            lines = [f"  {h} ({par.method}/{par.schedule} seed {par.seed}, {self.store.path(par)}), "
-                     f"parent of {c.run_hash()}" for h, (par, c) in missing.items()]
-            raise ValueError(f"{len(missing)} runs need a parent run that is not in the store and "
-                             f"not in this list; train the parents first (e.g. the dense stage):\n"
-                             + "\n".join(lines))
-
-    def finished_count(self) -> int:
-        return len(self.configs) - len(self.todo) - len(self.failed)
-
-    def sweep(self, running: Iterable[str]) -> None:
-        """Drop runs another worker finished; fail runs whose parent failed or vanished."""
-        running = set(running)
-        for h, c in list(self.todo.items()):
-            if h in running:
-                continue
-            if self.store.is_done(c):
-                self._finished(h, {"hash": h, "status": "done", "trained": False,
-                                   **self._acc(c)})
-                continue
-            for par in self.parents(c):
-                ph = par.run_hash()
-                if ph in self.failed:
-                    self.fail(h, f"its parent run {ph} failed")
-                    break
-                elif ph not in self.todo and self._abandoned(par):
-                    self.fail(h, f"its parent run {ph} ({self.store.path(par)}) is not finished and "
-                                 f"nobody is training it")
-                    break
-
-    def _acc(self, cfg: RunConfig) -> dict:
-        try:
-            hist = self.store.load_history(cfg)
-            return {"test_acc": hist["test_acc"], "sparsity": hist["sparsity"]}
-        except Exception:  # corrupt or unreadable: reported when the run is used
-            return {"test_acc": float("nan"), "sparsity": float("nan")}
-
-    def ready(self, running: Iterable[str], limit: int | None = None) -> list[RunConfig]:
-        """Runs to start now: not running, parents finished, not held by a live lease elsewhere."""
-        now = time.time()
-        running = set(running)
-        out = []
-        for h, c in self.todo.items():
-            if limit is not None and len(out) >= limit:
-                break
-            if h in running or self.retry_at.get(h, 0) > now:
-                continue
-            if not all(self.store.is_done(p) for p in self.parents(c)):
-                continue
-            if self._leased(c):
-                self.retry_at[h] = now + self.poll_interval
-                continue
-            out.append(c)
-        return out
-
-    def handle(self, h: str, result: dict) -> None:
-        """Record a worker's answer for run ``h``."""
-        status = result.get("status")
-        if status == "done":
-            self._finished(h, result)
-        elif status == "busy":
-            self.retry_at[h] = time.time() + self.poll_interval
-        else:
-            self.fail(h, result.get("error") or f"unexpected worker answer {result!r}")
-
-    def _finished(self, h: str, result: dict) -> None:
-        self.todo.pop(h, None)
-        self.results.append({k: result[k] for k in ("hash", "test_acc", "sparsity", "trained")
-                             if k in result})
-
-    def fail(self, h: str, message: str) -> None:
-        self.todo.pop(h, None)
-        self.failed[h] = message
-
-
-def _bar(plan: _Plan, progress: bool):
+def _bar(plan: Plan, progress: bool):
     from tqdm import tqdm
 
     return tqdm(total=len(plan.configs), initial=plan.finished_count(), desc="runs",
                 file=sys.stdout, mininterval=30, disable=not progress)
 
 
-def _update_bar(bar, plan: _Plan) -> None:
+def _update_bar(bar, plan: Plan) -> None:
     n = plan.finished_count()
     if n != bar.n:
         bar.update(n - bar.n)
@@ -356,13 +239,6 @@ def pick_gpu(gpus: list[str], taken: list[str | None]) -> str | None:
     return min(gpus, key=lambda g: (taken.count(g), gpus.index(g)))
 
 
-def task_options(opts: dict) -> dict:
-    """The executor_options a worker passes on to :func:`train_leased` with every run."""
-    return {"device": opts.get("device"), "threads": opts.get("threads"),
-            "cudnn_benchmark": bool(opts.get("cudnn_benchmark", False)),
-            "compile": bool(opts.get("compile", False))}
-
-
 class _Worker:
     """One local worker process and the run it is training. ``gpu``: the one GPU it sees."""
 
@@ -405,7 +281,7 @@ class _Worker:
         self.proc.stdout.close()
 
 
-def _run_local(plan: _Plan, store: RunStore, data_root: str | None, workers: int, opts: dict,
+def _run_local(plan: Plan, store: RunStore, data_root: str | None, workers: int, opts: dict,
                bar) -> None:
     task_base = {"store": str(store.root.resolve()), "data_root": data_root,
                  **task_options(opts), "stale_after": plan.stale_after}
@@ -459,85 +335,6 @@ def _run_local(plan: _Plan, store: RunStore, data_root: str | None, workers: int
 
 # ------------------------------------------------------------------------------------------------
 # submitit
-def parse_minutes(value: Any) -> float:
-    """A time limit in minutes from a number of minutes or a SLURM time string
-    ('MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM', 'D-HH:MM:SS')."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value <= 0:
-            raise ValueError(f"time limit must be positive; got {value!r}")
-        return float(value)
-    s = str(value).strip()
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", s)
-    if not m:
-        raise ValueError(f"time limit {value!r} is not minutes or a SLURM time "
-                         f"(MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)")
-    days, a, b, c = m.groups()
-    parts = [int(x) for x in (a, b, c) if x is not None]
-    if days is not None:  # D-HH[:MM[:SS]]
-        parts += [0] * (3 - len(parts))
-        minutes = int(days) * 1440 + parts[0] * 60 + parts[1] + parts[2] / 60
-    elif len(parts) == 1:
-        minutes = parts[0]
-    elif len(parts) == 2:  # MM:SS
-        minutes = parts[0] + parts[1] / 60
-    else:
-        minutes = parts[0] * 60 + parts[1] + parts[2] / 60
-    if minutes <= 0:
-        raise ValueError(f"time limit must be positive; got {value!r}")
-    return minutes
-
-
-def parse_sbatch_extra(extra: str | dict | None) -> dict[str, Any]:
-    """Extra sbatch parameters from ``'account=abc,qos=high --mem=32G exclusive'`` (commas or
-    spaces; leading dashes optional; a bare flag is True) or a dict, as submitit wants them."""
-    if extra is None or extra == "":
-        return {}
-    if isinstance(extra, dict):
-        return dict(extra)
-    out: dict[str, Any] = {}
-    for item in re.split(r"[,\s]+", str(extra).strip()):
-        if not item:
-            continue
-        key, sep, val = item.lstrip("-").partition("=")
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key):
-            raise ValueError(f"extra sbatch parameter {item!r} is not NAME=VALUE or a flag NAME")
-        out[key] = val if sep else True
-    return out
-
-
-def make_submitit_executor(kind: str, folder: str | Path, opts: dict) -> Any:
-    """A configured submitit executor for ``kind`` ('submitit-local' or 'slurm')."""
-    requeues = int(opts.get("max_requeues", 20))
-    if kind == "submitit-local":
-        import torch
-
-        ex = submitit.LocalExecutor(folder=str(folder), max_num_timeout=requeues)
-        params: dict[str, Any] = {"timeout_min": parse_minutes(opts.get("time") or LOCAL_TIME_LIMIT)}
-        # the local executor hides every GPU from a job that asks for none
-        gpus = opts.get("gpus", 1 if torch.cuda.is_available() else 0)
-        if gpus:
-            params["gpus_per_node"] = int(gpus)
-        ex.update_parameters(**params)
-        return ex
-    if kind == "slurm":
-        ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=requeues)
-        params = {"job_name": "pcl"}
-        if opts.get("partition"):
-            params["partition"] = str(opts["partition"])
-        if opts.get("time"):
-            params["time"] = max(1, round(parse_minutes(opts["time"])))
-        if opts.get("gpus") is not None:
-            params["gpus_per_node"] = int(opts["gpus"])
-        if opts.get("array_parallelism"):
-            params["array_parallelism"] = int(opts["array_parallelism"])
-        extra = parse_sbatch_extra(opts.get("extra"))
-        if extra:
-            params["additional_parameters"] = extra
-        ex.update_parameters(**params)
-        return ex
-    raise ValueError(f"unknown submitit executor {kind!r}; allowed: 'submitit-local', 'slurm'")
-
-
 def _job_error(job: Any, e: BaseException) -> str:
     msg = str(e).strip()
     if len(msg) > 4000:
@@ -549,13 +346,43 @@ def _job_error(job: Any, e: BaseException) -> str:
     return f"job {getattr(job, 'job_id', '?')} failed{logs}: {type(e).__name__}: {msg}"
 
 
-def _run_submitit(kind: str, plan: _Plan, store: RunStore, data_root: str | None, workers: int,
+def _squeue_ids() -> set[str] | None:
+    """This user's jobs SLURM lists (pending, running, requeued; array tasks one by one), or None."""
+    try:
+        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i"], capture_output=True,
+                             text=True, timeout=120, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(out.split())
+
+
+def _collect(jobs: dict[str, Any], plan: Plan, live: set[str] | None, missing: dict[str, int]) -> None:
+    """Hand every ended job's answer to ``plan``. A job with a result has ended; so has one that
+    SLURM (``live``: squeue's ids) no longer lists at two polls in a row: cancelled, killed, or
+    failed before it started. Without accounting, submitit would wait for that one forever."""
+    for h, j in list(jobs.items()):
+        missing[h] = missing.get(h, 0) + 1 if live is not None and str(j.job_id) not in live else 0
+        if not j.done() and missing[h] < 2:
+            continue
+        del jobs[h]
+        if not j.done():
+            plan.fail(h, f"job {j.job_id} ended without a result (cancelled or killed; SLURM no longer "
+                         f"lists it); its log: {j.paths.stderr}. run_all again resumes the run.")
+            continue
+        try:
+            plan.handle(h, j.result())
+        except Exception as e:  # the job raised, or was killed without a result
+            plan.fail(h, _job_error(j, e))
+
+
+def _run_submitit(kind: str, plan: Plan, store: RunStore, data_root: str | None, workers: int,
                   opts: dict, bar) -> None:
     folder = Path(opts.get("folder") or store.root / ".submitit") / "%j"
     ex = make_submitit_executor(kind, folder, opts)
     max_jobs = int(opts.get("max_jobs") or (workers if kind == "submitit-local" else 10 ** 9))
     root = str(store.root.resolve())
     jobs: dict[str, Any] = {}
+    missing: dict[str, int] = {}
     finished_ok = False
     try:
         while plan.todo:
@@ -567,19 +394,12 @@ def _run_submitit(kind: str, plan: _Plan, store: RunStore, data_root: str | None
                                 plan.stale_after, to["cudnn_benchmark"], to["compile"])
                        for c in ready]
                 submitted = ex.submit_array(fns)
-                for c, j in zip(ready, submitted):
+                for c, j in zip(ready, submitted, strict=True):
                     jobs[c.run_hash()] = j
                 if not bar.disable or kind == "slurm":
                     ids = sorted({str(j.job_id).split("_")[0] for j in submitted})
                     bar.write(f"submitted {len(submitted)} runs as {kind} job(s) {', '.join(ids)}")
-            for h, j in list(jobs.items()):
-                if not j.done():
-                    continue
-                del jobs[h]
-                try:
-                    plan.handle(h, j.result())
-                except Exception as e:  # the job raised, or was killed without a result
-                    plan.fail(h, _job_error(j, e))
+            _collect(jobs, plan, _squeue_ids() if kind == "slurm" and jobs else None, missing)
             _update_bar(bar, plan)
             if plan.todo:
                 time.sleep(plan.poll_interval)
@@ -597,35 +417,6 @@ def _run_submitit(kind: str, plan: _Plan, store: RunStore, data_root: str | None
 
 
 # ------------------------------------------------------------------------------------------------
-def check_options(executor: str, options: dict | None) -> dict:
-    """``options`` validated for ``executor`` (unknown names are an error, not ignored)."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; allowed: {', '.join(map(repr, EXECUTORS))}")
-    opts = dict(options or {})
-    allowed = COMMON_OPTIONS + (SUBMITIT_OPTIONS if executor != "local" else LOCAL_OPTIONS)
-    unknown = sorted(set(opts) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown executor_options {unknown} for executor {executor!r}; allowed: "
-                         f"{', '.join(allowed)}")
-    for k in ("stale_after", "poll"):
-        if k in opts and opts[k] is not None and not (isinstance(opts[k], (int, float))
-                                                       and opts[k] > 0):
-            raise ValueError(f"executor option {k} must be a positive number of seconds; "
-                             f"got {opts[k]!r}")
-    for k in ("cudnn_benchmark", "compile"):
-        if k in opts and not isinstance(opts[k], bool):
-            raise ValueError(f"executor option {k} must be True or False; got {opts[k]!r}")
-    w = opts.get("workers_per_gpu")
-    if w is not None and not (isinstance(w, int) and not isinstance(w, bool) and w > 0):
-        raise ValueError(f"executor option workers_per_gpu must be a positive integer; got {w!r}")
-    if opts.get("threads") is not None and not (isinstance(opts["threads"], int)
-                                                 and opts["threads"] > 0):
-        raise ValueError(f"executor option threads must be a positive integer; got {opts['threads']!r}")
-    if opts.get("time") is not None:
-        parse_minutes(opts["time"])
-    return opts
-
-
 def run(configs: Iterable[RunConfig], store: RunStore, data_root: str | None = None,
         workers: int = 1, progress: bool = True, executor: str = "local",
         executor_options: dict | None = None) -> list[dict]:
@@ -638,7 +429,7 @@ def run(configs: Iterable[RunConfig], store: RunStore, data_root: str | None = N
     if workers < 1:
         raise ValueError(f"workers must be at least 1; got {workers!r}")
     stale_after = float(opts.get("stale_after") or DEFAULT_STALE_AFTER)
-    plan = _Plan.of(list(configs), store, stale_after)
+    plan = Plan.of(list(configs), store, stale_after, bool(opts.get("retrain_corrupt")))
     plan.poll_interval = float(opts.get("poll") or (30.0 if executor == "slurm" else 2.0))
     if data_root is not None:
         data_root = str(Path(data_root).expanduser().resolve())
@@ -655,17 +446,3 @@ def run(configs: Iterable[RunConfig], store: RunStore, data_root: str | None = N
     if plan.failed:
         raise RunsFailedError(plan.failed, len(plan.configs))
     return plan.results
-
-
-def cluster_options(executor: str = "local", partition: str | None = None, gpus: int | None = None,
-                    time_limit: Any = None, array_parallelism: int | None = None,
-                    log_dir: str | None = None, extra: str | dict | None = None) -> dict:
-    """``executor_options`` from the notebooks' ``slurm_*`` parameters (``make reproduce``'s
-    SLURM_* variables): the ones ``executor`` uses, empty values left out."""
-    if executor == "local":
-        return {}
-    opts = {"time": time_limit, "folder": log_dir}
-    if executor == "slurm":
-        opts |= {"partition": partition, "gpus": gpus, "array_parallelism": array_parallelism,
-                 "extra": extra}
-    return check_options(executor, {k: v for k, v in opts.items() if v not in (None, "")})

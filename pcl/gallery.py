@@ -32,8 +32,6 @@ RULE = ("the PIEs with the largest pruned_share (the fraction of the pruned popu
 #: Columns of the per-image table the rules read.
 REQUIRED = ("method", "schedule", "sparsity", "image", "label", "dense_modal", "pruned_modal",
             "pruned_share", "pie")
-#: Schedules that are not a pruning schedule to show: the dense population and the noise floor.
-NOT_PRUNED = ("dense", "floor")
 #: Columns a panel keeps for the images it shows.
 SHOWN = ("image", "label", "dense_modal", "pruned_modal", "pruned_share")
 
@@ -108,18 +106,10 @@ def rank(rows: pd.DataFrame, candidates: np.ndarray) -> np.ndarray:
     order = np.lexsort((image, label, -share))  # by share, then class, then index
     # turn: how many images of the same (share, class) come before this one
     turn = np.empty(len(pos), dtype=np.int64)
-    keys = list(zip(-share[order], label[order]))
+    keys = list(zip(-share[order], label[order], strict=True))
     for i, k in enumerate(keys):
         turn[order[i]] = 0 if i == 0 or keys[i - 1] != k else turn[order[i - 1]] + 1
     return pos[np.lexsort((image, label, turn, -share))]  # last key is the primary one
-
-
-def select_pies(images: pd.DataFrame, method: str, schedule: str, sparsity: float,
-                n: int = 24) -> np.ndarray:
-    """Image indices of up to ``n`` PIEs of one configuration, by :data:`RULE`."""
-    _check_n(n)
-    rows = config_rows(images, method, schedule, sparsity)
-    return rows["image"].to_numpy()[rank(rows, rows["pie"].to_numpy(bool))[:n]]
 
 
 def unique_mask(images: pd.DataFrame, lost_by: str, kept_by: str, schedule: str,
@@ -136,15 +126,6 @@ def unique_mask(images: pd.DataFrame, lost_by: str, kept_by: str, schedule: str,
     return a, a["pie"].to_numpy(bool) & ~b["pie"].to_numpy(bool)
 
 
-def select_unique(images: pd.DataFrame, lost_by: str, kept_by: str, schedule: str,
-                  sparsity: float, n: int = 24) -> np.ndarray:
-    """Image indices of up to ``n`` PIEs lost by ``lost_by`` and kept by ``kept_by``, by
-    :data:`RULE` on ``lost_by``'s pruned_share."""
-    _check_n(n)
-    rows, mask = unique_mask(images, lost_by, kept_by, schedule, sparsity)
-    return rows["image"].to_numpy()[rank(rows, mask)[:n]]
-
-
 def _panel(rows: pd.DataFrame, mask: np.ndarray, n: int, method: str, schedule: str,
            sparsity: float, kept_by: str | None = None) -> Panel:
     order = rank(rows, mask)[:n]
@@ -153,35 +134,27 @@ def _panel(rows: pd.DataFrame, mask: np.ndarray, n: int, method: str, schedule: 
                  rows.iloc[order][cols].reset_index(drop=True), int(mask.sum()), kept_by)
 
 
-def _schedules(images: pd.DataFrame, schedules: Sequence[str] | None) -> list[str]:
-    if schedules is None:  # every pruning schedule in the table, onset sweep labels excluded
-        return sorted(s for s in images["schedule"].unique()
-                      if s not in NOT_PRUNED and not str(s).startswith("gmp@"))
-    return list(schedules)
-
-
 def _has(images: pd.DataFrame, method: str, schedule: str, sparsity: float) -> bool:
     return bool(((images["method"] == method) & (images["schedule"] == schedule)
                  & np.isclose(images["sparsity"].astype(float), float(sparsity))).any())
 
 
-def gallery_panels(images: pd.DataFrame, sparsity: float, schedules: Sequence[str] | None = None,
+def gallery_panels(images: pd.DataFrame, sparsity: float, schedules: Sequence[str],
                    n: int = 24) -> list[Panel]:
-    """F9: one panel per (method, schedule) present at ``sparsity``, method-major, each with up
-    to ``n`` PIEs by :data:`RULE`. ``schedules`` None: every pruning schedule in the table
-    (sorted; dense, noise floor and onset-sweep labels left out)."""
+    """F9: one panel per (method, schedule of ``schedules``: the preset's) present at
+    ``sparsity``, method-major, each with up to ``n`` PIEs by :data:`RULE`."""
     _check(images)
     _check_n(n)
     out = []
     for m in sorted(images["method"].unique()):
-        for sch in _schedules(images, schedules):
+        for sch in schedules:
             if _has(images, m, sch, sparsity):
                 rows = config_rows(images, m, sch, sparsity)
                 out.append(_panel(rows, rows["pie"].to_numpy(bool), n, m, sch, sparsity))
     return out
 
 
-def unique_panels(images: pd.DataFrame, sparsity: float, schedules: Sequence[str] | None = None,
+def unique_panels(images: pd.DataFrame, sparsity: float, schedules: Sequence[str],
                   n: int = 24) -> list[Panel]:
     """F9b: for every ordered pair of methods (both directions) and every schedule where both
     are present at ``sparsity``, up to ``n`` PIEs lost by the first and kept by the second, by
@@ -190,7 +163,7 @@ def unique_panels(images: pd.DataFrame, sparsity: float, schedules: Sequence[str
     _check_n(n)
     out = []
     for a, b in permutations(sorted(images["method"].unique()), 2):
-        for sch in _schedules(images, schedules):
+        for sch in schedules:
             if _has(images, a, sch, sparsity) and _has(images, b, sch, sparsity):
                 rows, mask = unique_mask(images, a, b, sch, sparsity)
                 out.append(_panel(rows, mask, n, a, sch, sparsity, kept_by=b))

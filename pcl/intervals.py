@@ -1,36 +1,23 @@
-"""Intervals that carry seed noise: a delete-d jackknife over seeds (d: a quarter of them, at least
-one), the one interval method behind every PIE count and every claim (T1).
+"""Intervals that carry seed noise: a jackknife over seeds, the one interval method behind every
+PIE count and every claim (T1).
 
 The sampling unit is the **seed**: row ``j`` of every population (models ordered by seed) is one
-unit, so a pruned population's row ``j`` (the run that started from dense seed ``j``) is dropped
-together with the dense population's row ``j``, and the noise-floor population's row ``j`` (seed
-``S + j``) with them. A statistic ``stat(populations)`` is recomputed on subsets that keep
-``m = n - d`` of the ``n`` units (every subset when there are at most ``max_subsets`` of them,
-else ``max_subsets`` random ones), and its standard error is the delete-``d`` jackknife's::
+unit, so a pruned population's row ``j`` is dropped together with the dense population's row ``j``
+and the noise-floor population's row ``j`` (seed ``S + j``). A statistic is recomputed on subsets
+that keep ``n - d`` of the ``n`` units (all of them, or ``max_subsets`` random ones), and::
 
     se^2 = (n - d) / d * mean over subsets of (stat(subset) - mean stat(subsets))^2
 
-with ``d = max(1, n // 4)`` by default: the delete-one jackknife up to 7 seeds, a quarter of the
-seeds beyond. The interval is ``estimate +/- z * se`` (normal).
+with ``d = max(1, n // 4)``: the delete-one jackknife up to 7 seeds (the study's 5), a quarter of
+the seeds beyond; no interval below :data:`MIN_UNITS` seeds. The interval is ``estimate +/- z * se``.
 
-Why this method (PROTOCOL.md, "Claims and how each is tested"). The numbers are from simulated
-populations like those of ``tests/test_claims.py`` (60 % accuracy, one pruning flipping 4x more
-images than the other, 100-200 replications); "width" is the interval's mean width over 3.92 times
-the statistic's standard deviation across replications, for the PIE-count difference and the
-floor-relative difference (PIEs / floor) of claim 1:
-
-* resampling seeds with replacement duplicates models, which makes modal labels noisier and
-  inflates PIE counts: intervals about 11x too wide (PROTOCOL.md);
-* the delete-one jackknife is inconsistent for modal statistics, step functions of the votes
-  (like the median): its width grows with the number of seeds, 1.0-1.3x at 5 seeds, 1.2-1.7x at 7,
-  1.6-1.9x at 9, 2.2x at 15, 2.6x at 31;
-* deleting half of the seeds keeps counts at 1.0-1.2x, but under-covers ratios (PIEs / floor
-  0.7-0.8x wide, 82-88 % coverage): in half a population both counts are mostly noise;
-* deleting a quarter (at least one): 1.0-1.7x from 5 to 31 seeds (1.1-1.4x at 9-31), the floor
-  ratio 1.0-1.4x; coverage 90-97 % at 5 seeds, 95-99.5 % from 7 on; with the effect flipped the
-  verdict flips, and with no effect it claims one in at most 5 % of replications. Claim 4's
-  split-half overlap difference (``tests/test_claims.py`` runs it end to end): coverage 97-99.5 %,
-  width 1.5-1.8x at 5 and 7 seeds.
+Why (PROTOCOL.md, "Claims and how each is tested"): resampling seeds with replacement duplicates
+models and inflates PIE counts (intervals ~11x too wide); the delete-one jackknife is inconsistent
+for modal statistics (step functions of the votes), its width growing with the seeds (2.6x at 31),
+hence a quarter beyond 7; deleting half under-covers ratios. At 5 seeds ``tests/
+test_claim_simulation.py`` validates every claim's interval (a known effect, its flip, a null and
+the confounds): coverage >= 90 %, width <= 2x the spread, false verdicts <= 10 %, and the checks
+fail when the standard error is scaled by 0.7 or 1.6.
 
 The estimand is the statistic's expectation *at the populations' size* (PIE counts depend on how
 many models vote), i.e. the mean over independent replications of the whole study.
@@ -47,9 +34,8 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 MAX_SUBSETS = 100
-MIN_UNITS = 3
-#: How every interval is described in the tables.
-METHOD = "delete-d jackknife over seeds"
+#: Fewer seeds than this get no interval (PROTOCOL.md, confound 5: 3 seeds covered 70-83 %).
+MIN_UNITS = 5
 
 Stat = Callable[[Mapping[Hashable, np.ndarray]], Any]
 
@@ -146,9 +132,12 @@ class SeedInterval:
         return self[()]
 
     def label(self) -> str:
-        """How the tables describe this interval."""
-        return (f"{self.confidence:.0%} {METHOD} ({self.n} seeds, {self.subsets} subsets of "
-                f"{self.n - self.delete})" if self.delete else f"no interval ({self.n} seeds)")
+        """How the tables describe this interval, and what it covers."""
+        if not self.delete:
+            return f"no interval: too few seeds ({self.n} < {MIN_UNITS})"
+        kind = "delete-one" if self.delete == 1 else f"delete-{self.delete}"
+        return (f"{self.confidence:.0%} {kind} jackknife over seeds ({self.subsets} subsets of "
+                f"{self.n - self.delete}); covers the expected value at {self.n} seeds")
 
 
 def seed_interval(pops: Mapping[Hashable, np.ndarray], stat: Stat,
@@ -156,7 +145,7 @@ def seed_interval(pops: Mapping[Hashable, np.ndarray], stat: Stat,
                   max_subsets: int = MAX_SUBSETS, seed: int = 0) -> SeedInterval:
     """``stat`` on the populations with a normal interval from the delete-d jackknife over
     seeds (module docstring). Populations are (models, ...) arrays whose rows are seeds in the same
-    order; with fewer than 3 seeds the interval is NaN (so verdicts cannot be told apart)."""
+    order; with fewer than :data:`MIN_UNITS` seeds the interval is NaN ("too few seeds")."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     n = units(pops)
@@ -164,7 +153,14 @@ def seed_interval(pops: Mapping[Hashable, np.ndarray], stat: Stat,
         est = np.asarray(stat(pops), dtype=float)
         nan = np.full(est.shape, np.nan)
         return SeedInterval(est, nan, nan, nan, n, 0, 0, confidence)
-    est, reps, n, d = seed_replicates(pops, stat, delete, max_subsets, seed)
+    return interval(*seed_replicates(pops, stat, delete, max_subsets, seed), confidence)
+
+
+def interval(estimate: np.ndarray, reps: np.ndarray, n: int, d: int,
+             confidence: float = CONFIDENCE) -> SeedInterval:
+    """The normal interval ``estimate +/- z * se`` from :func:`seed_replicates`' output, with
+    the delete-d jackknife's standard error (:func:`jackknife_se`)."""
     se = jackknife_se(reps, n, d)
     z = stats.norm.ppf(0.5 + confidence / 2)
-    return SeedInterval(est, est - z * se, est + z * se, se, n, d, len(reps), confidence)
+    return SeedInterval(estimate, estimate - z * se, estimate + z * se, se, n, d, len(reps),
+                        confidence)

@@ -1,8 +1,10 @@
 """Run leases: one trainer per run, across processes and machines, on any shared file system.
 
 Before training a run, a worker takes ``<run>/LEASE``: a small JSON file (holder host, pid, job
-token, a random nonce, time) created with ``O_CREAT | O_EXCL``, which succeeds for exactly one
-creator, also on NFS (v3 and later), where ``flock`` is often absent or local to one machine. The
+token, a random nonce, time) written to a private name and hard-linked into place, which succeeds
+for exactly one creator, also on NFS (v3 and later), where ``flock`` is often absent or local to
+one machine; so a lease is complete or absent, never empty (a full disk fails the write, not the
+lease), and an unreadable one is debris, taken over once a minute old. The
 holder refreshes it every epoch (:class:`LeaseCallback`, a ``train_run`` callback). Another worker
 that finds a live lease leaves the run alone and comes back to it later. A lease not refreshed for
 ``stale_after`` seconds (its holder was killed, or its machine died) is stale and may be taken
@@ -34,6 +36,9 @@ LEASE_NAME = "LEASE"
 LOG_NAME = "LEASE.log"
 #: Half an hour: far longer than one epoch of any preset, short enough to recover a dead node's runs.
 DEFAULT_STALE_AFTER = 1800.0
+#: Seconds after which an unreadable lease (left by a crash or an older pcl) may be taken over; the
+#: short wait covers the instant between the exclusive create and the rename where links are absent.
+UNREADABLE_STALE_AFTER = 60.0
 
 
 class LeaseLostError(RuntimeError):
@@ -115,8 +120,8 @@ class Lease:
 
     def is_stale(self, info: dict) -> bool:
         """May ``info`` (a lease read from disk) be taken over by this worker?"""
-        if info.get("unreadable"):
-            return time.time() - info["mtime"] > self.stale_after
+        if info.get("unreadable"):  # debris (leases are complete or absent): judged by its age
+            return time.time() - info["mtime"] > min(self.stale_after, UNREADABLE_STALE_AFTER)
         if self.token is not None and info.get("token") == self.token:
             return True  # our own job, restarted (requeued after a pre-emption or time-out)
         if time.time() - info["time"] > self.stale_after:
@@ -130,18 +135,39 @@ class Lease:
         return info is not None and (info.get("nonce") == self.nonce or not self.is_stale(info))
 
     # --- taking and giving back ------------------------------------------------------------------
-    def _create(self) -> bool:
-        """Create the lease file exclusively; False when it exists."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _write_private(self) -> Path:
+        """This worker's lease record in a file of its own (removed again if writing fails)."""
+        tmp = self.path.with_name(f"{self.path.name}.{self.nonce}.tmp")
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._record(), f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise OSError(err.errno, f"writing the lease {self.path} failed: {err.strerror}") from err
+        return tmp
+
+    def _create(self) -> bool:
+        """Put a complete lease file in place, exclusively (a hard link: never an empty or half
+        written ``LEASE``); False when one exists."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._write_private()
+        try:
+            os.link(tmp, self.path)
+            return True
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._record(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        return True
+        except OSError:  # no hard links here: exclusive create, then rename the record over it
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                return False
+            os.replace(tmp, self.path)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _move_aside(self, expected: dict | None) -> bool:
         """Rename the lease file to a private name; keep it there (True) only when it is
@@ -187,22 +213,20 @@ class Lease:
                 return True
         return False
 
-    def refresh(self) -> None:
-        """Show that the holder is alive; raises LeaseLostError if the lease was taken over."""
+    def check(self) -> None:
+        """Raise LeaseLostError unless the lease on disk is still this worker's (reads only)."""
         info = read_lease(self.path)
         if info is None or info.get("nonce") != self.nonce:
             self.held = False
             self.log("lost", holder=info)
             raise LeaseLostError(f"the lease {self.path} was taken over by another worker "
-                                 f"({_who(info)}); this worker stops training the run")
+                                 f"({_who(info)}); this worker stops")
+
+    def refresh(self) -> None:
+        """Show that the holder is alive; raises LeaseLostError if the lease was taken over."""
+        self.check()
         self._beat += 1
-        tmp = self.path.with_name(f"{self.path.name}.{self.nonce}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._record(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        os.replace(self._write_private(), self.path)
 
     def release(self, **fields: Any) -> None:
         """Give the lease back (a no-op when this worker no longer holds it)."""

@@ -29,9 +29,3 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None,
     mean_log_prob_pos = log_prob.masked_fill(~pos, 0.0).sum(1) / pos.sum(1).clamp_min(1)
     return -(temperature / base_temperature) * mean_log_prob_pos.mean()
 
-
-def nt_xent_loss(features: torch.Tensor, temperature: float = 0.5,
-                 base_temperature: float = 0.07) -> torch.Tensor:
-    """SimCLR's NT-Xent: :func:`supcon_loss` with no labels (the only positive of a view is the
-    other view of its image), scaled by ``temperature / base_temperature`` like SupCon."""
-    return supcon_loss(features, None, temperature, base_temperature)

@@ -1,11 +1,11 @@
 """Learning methods, one registry entry each: the model, the phases and the evaluated network.
 
-A method is the ``method`` field of a run config. Its entry says how the model is built, which
-phases train it (each phase's optimiser settings, the parameters it updates, its loss, its
-train-mode setter and what gradual pruning may prune in it), which network is evaluated (a
-WideResNet: its penultimate feature is the representation every metric reads, its ``fc`` gives
-the predictions), which preset base config it starts from, and which config fields it does not
-use (``config.canonical`` resets them, so they never change a run's hash).
+A method is the ``method`` field of a run config. Its entry says how the model is built (the
+networks live in :mod:`pcl.models`), which phases train it (each phase's optimiser settings, the
+parameters it updates, its loss, its train-mode setter and what gradual pruning may prune in it),
+which network is evaluated (a WideResNet: its penultimate feature is the representation every
+metric reads, its ``fc`` gives the predictions), which preset base config it starts from, and the
+config fields and hparams it owns (:class:`pcl.registry.Entry`: they enter only its runs' hashes).
 
 Adding a method is one :func:`register` call, here or in user code (see
 ``tests/test_registry.py`` for a method defined inside a test), plus a preset listing it in
@@ -13,32 +13,26 @@ Adding a method is one :func:`register` call, here or in user code (see
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import augment
+from .config import ConfigError, RunConfig
 from .losses import supcon_loss
 from .models import SupConNet, WideResNet, autocast, channels_last, wide_resnet
 from .pruning import encoder_only, head_only
-from .schedules import HEAD_GMP
-
-if TYPE_CHECKING:  # type hints only: config imports this module lazily, never the reverse
-    from .config import RunConfig
+from .registry import METHODS, Entry, RegistryError
 
 #: ``loss_fn(x_uint8, labels, generator) -> scalar loss``: augments a batch and returns its loss.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 #: Config fields only contrastive methods (encoder + projection head + linear head) use.
-CONTRASTIVE_ONLY = ("temperature", "base_temperature", "proj_dim", "head_epochs", "head_batch_size",
-                    "head_lr", "head_lr_schedule", "head_weight_decay")
-
-
-class MethodError(ValueError):
-    """An unknown method name, or a registration that would clash."""
+CONTRASTIVE = ("temperature", "base_temperature", "proj_dim", "head_epochs", "head_batch_size",
+               "head_lr", "head_lr_schedule", "head_weight_decay")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,9 +102,11 @@ def head_optim(cfg: RunConfig) -> Optim:
 
 
 def finetune_optim(cfg: RunConfig) -> Optim:
-    """One-shot fine-tuning: constant lr, Nesterov momentum 0.9, the ``finetune_*`` fields."""
-    return Optim(cfg.finetune_epochs, cfg.finetune_batch_size, cfg.finetune_lr, "constant",
-                 cfg.finetune_weight_decay, 0.9, True)
+    """One-shot fine-tuning: the ``finetune_*`` fields and the one-shot schedule's optimiser
+    hparams (constant lr, Nesterov momentum 0.9 by default)."""
+    return Optim(cfg.finetune_epochs, cfg.finetune_batch_size, cfg.finetune_lr,
+                 cfg.hp("finetune_lr_schedule"), cfg.finetune_weight_decay,
+                 cfg.hp("finetune_momentum"), cfg.hp("finetune_nesterov"))
 
 
 def frozen_encoder(model: nn.Module, net: WideResNet) -> None:
@@ -126,7 +122,7 @@ class PhaseSpec:
     Every callable takes the run's ``model`` (what :meth:`Method.build` returned) and ``net`` (its
     evaluated WideResNet). ``prune(model, net)`` names the module and the parameter filter that
     gradual pruning acts on in this phase (None: nothing is pruned here); ``gmp_window`` gives
-    the phase its own GMP window instead of the schedule's (the linear head's).
+    the phase its own GMP window (from the config) instead of the schedule's (the linear head's).
     """
 
     name: str
@@ -135,7 +131,7 @@ class PhaseSpec:
     loss: Callable[[nn.Module, WideResNet, RunConfig, torch.device], LossFn]
     train_mode: Callable[[nn.Module, WideResNet], None] | None = None  # None: model.train()
     prune: Callable[[nn.Module, WideResNet], tuple[nn.Module, Callable[[str], bool] | None]] | None = None
-    gmp_window: tuple[float, float] | None = None
+    gmp_window: Callable[[RunConfig], tuple[float, float]] | None = None
 
 
 # the callables look ce_loss_fn & co. up at call time, so a test can monkeypatch them here
@@ -146,7 +142,8 @@ CE_TRAIN = PhaseSpec(
 LINEAR_HEAD = PhaseSpec(
     "head", head_optim, lambda model, net: list(net.fc.parameters()),
     lambda model, net, cfg, dev: linear_head_loss_fn(net, dev, cfg.vflip, cfg.precision),
-    train_mode=frozen_encoder, prune=lambda model, net: (net, head_only), gmp_window=HEAD_GMP)
+    train_mode=frozen_encoder, prune=lambda model, net: (net, head_only),
+    gmp_window=lambda cfg: cfg.hp("head_gmp"))
 FINETUNE = PhaseSpec(
     "finetune", finetune_optim, lambda model, net: list(net.parameters()),
     lambda model, net, cfg, dev: ce_loss_fn(net, dev, cfg.vflip, cfg.precision))
@@ -170,14 +167,12 @@ def contrastive_train(labels: bool) -> PhaseSpec:
 # Methods
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Method:
+class Method(Entry):
     """Supervised cross-entropy on a WideResNet: the base of every method."""
 
     name: str = "ce"
     like: str = "ce"  # the preset base config it starts from (a Preset field: 'ce' or 'supcon')
-    unused: tuple[str, ...] = CONTRASTIVE_ONLY
     label: str = "CE"  # for figures and tables
-    color: str | None = None
 
     def build(self, cfg: RunConfig) -> nn.Module:
         """The model trained by the phases (initialised from the global torch RNG)."""
@@ -213,8 +208,11 @@ class Contrastive(Method):
     """
 
     name: str = "supcon"
+    owns: tuple[str, ...] = CONTRASTIVE
+    #: the linear head's own GMP window over the head-training steps (PROTOCOL.md, Pruning)
+    hparams: dict[str, Any] = field(default_factory=lambda: {"head_gmp": (0.025, 0.5)}, hash=False,
+                                    compare=False)
     like: str = "supcon"
-    unused: tuple[str, ...] = ()
     label: str = "SupCon"
     labels: bool = True
 
@@ -228,50 +226,26 @@ class Contrastive(Method):
         return (contrastive_train(self.labels), LINEAR_HEAD)
 
     def validate(self, cfg: RunConfig) -> None:
-        from .config import ConfigError
-
         if cfg.head_epochs < 1:
             raise ConfigError(f"head_epochs must be a positive integer for {self.name}; "
                               f"got {cfg.head_epochs}")
 
 
-_REGISTRY: dict[str, Method] = {}
+METHODS.base = Method
+unregister, names, get = METHODS.unregister, METHODS.names, METHODS.get
 
 
 def register(method: Method, replace: bool = False) -> Method:
     """Add ``method`` under its name (``replace=True`` to redefine one, e.g. in a test)."""
-    if not isinstance(method, Method):
-        raise MethodError(f"register a Method instance; got {type(method).__name__}")
-    if method.name in _REGISTRY and not replace:
-        raise MethodError(f"method {method.name!r} is already registered")
-    if method.like not in ("ce", "supcon"):
-        raise MethodError(f"method {method.name!r}: like must be 'ce' or 'supcon' (the preset base "
+    if isinstance(method, Method) and method.like not in ("ce", "supcon"):
+        raise RegistryError(f"method {method.name!r}: like must be 'ce' or 'supcon' (the preset base "
                           f"config it starts from); got {method.like!r}")
-    _REGISTRY[method.name] = method
-    return method
-
-
-def unregister(name: str) -> None:
-    """Remove a method (tests that register a temporary one)."""
-    _REGISTRY.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    """Every registered method name (the allowed values of ``RunConfig.method``), in order."""
-    return tuple(_REGISTRY)
-
-
-def get(name: str) -> Method:
-    """The method registered as ``name``; an unknown name raises naming the allowed ones."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise MethodError(f"unknown method {name!r}; allowed: {', '.join(map(repr, _REGISTRY))}") from None
+    return METHODS.register(method, replace)
 
 
 def labels() -> dict[str, str]:
     """Display label of every method (figures, tables)."""
-    return {n: m.label for n, m in _REGISTRY.items()}
+    return {m.name: m.label for m in METHODS}
 
 
 register(Method())

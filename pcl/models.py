@@ -55,7 +55,7 @@ class WideResNet(nn.Module):
         self.depth, self.width = depth, width
         self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         groups, cin = [], 16
-        for gi, (cout, stride) in enumerate(zip(widths, (1, 2, 2))):
+        for cout, stride in zip(widths, (1, 2, 2), strict=True):
             blocks = [Block(cin if b == 0 else cout, cout, stride if b == 0 else 1) for b in range(n)]
             groups.append(nn.Sequential(*blocks))
             cin = cout
@@ -127,17 +127,6 @@ def wide_resnet(depth: int = 16, width: int = 2, num_classes: int = 10) -> WideR
     return WideResNet(depth, width, num_classes)
 
 
-def build_model(cfg) -> nn.Module:
-    """The model a run config trains, as its method (:mod:`pcl.methods`) builds it."""
-    from .methods import get
-
-    return get(cfg.method).build(cfg)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 # ------------------------------------------------------------------------------------------------
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """channels_last everywhere: faster on CUDA and, measured, on this project's CPUs too."""
@@ -191,4 +180,4 @@ def eval_forward(net: nn.Module, images: torch.Tensor, device: torch.device | st
         for i in range(0, len(images), batch_size):
             x = channels_last(augment.eval_transform(images[i:i + batch_size].to(device)))
             chunks.append([t.float().cpu() for t in fn(x)])
-    return [torch.cat(parts) for parts in zip(*chunks)]
+    return [torch.cat(parts) for parts in zip(*chunks, strict=True)]

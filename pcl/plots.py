@@ -1,115 +1,129 @@
-"""The study's figures (F1-F8). Tidy tables in, a matplotlib Figure out; :func:`save` writes
-PNG (for reading) and PDF (for papers) and stamps every figure with the scale it was made at."""
+"""The study's figures (F0-F9). Tidy tables in, a matplotlib Figure out (constrained layout, style
+from :mod:`pcl.style`: no text runs over another, which ``tests/test_plots.py`` checks); :func:`save`
+writes PNG (for reading) and PDF (for papers), stamped with the scale they were made at."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
+from matplotlib.ticker import MaxNLocator
+from scipy import stats
 
-from . import methods, metrics, schedules
+from . import metrics, schedules, style
+from .config import RunConfig
 from .data import CLASSES
+from .gallery import upscale_nearest
 
-#: The schedules every main figure compares, and their colours: read from :mod:`pcl.schedules`.
-MAIN_SCHEDULES = schedules.main_schedules()
-PALETTE = schedules.palette()
-BOOT_SEED = 0
-#: Line style per method, in registry order (the paper's two first: CE dashed, SupCon solid).
-_LINESTYLES = ("--", "-", ":", "-.")
-_STYLE_NAMES = {"--": "dashed", "-": "solid", ":": "dotted", "-.": "dash-dot"}
-
-
-def method_order(present) -> list[str]:
-    """The methods in ``present`` in registry order (unregistered names last, sorted)."""
-    present = set(present)
-    known = [m for m in methods.names() if m in present]
-    return known + sorted(present - set(known))
-
-
-def method_style(m: str) -> str:
-    """A method's line style (registry order; the same method always gets the same style)."""
-    names = list(methods.names())
-    return _LINESTYLES[names.index(m) % len(_LINESTYLES)] if m in names else ":"
-
-
-def method_label(m: str) -> str:
-    """A method's display label ('CE', 'SupCon', 'SimCLR'; the name itself when unregistered)."""
-    return methods.labels().get(m, m)
+#: Confidence of the t-intervals over seeds of F1 and F8's accuracy.
+CONFIDENCE = 0.95
+#: What F4 can show: the matrices of :func:`pcl.claims.overlap_matrix`.
+OVERLAP_STATISTICS = ("overlap coefficient", "Jaccard")
 
 
 def save(fig: plt.Figure, name: str, outdir: str | Path, label: str) -> list[Path]:
-    """Write ``name``.png and ``name``.pdf under ``outdir``, with ``label`` as a footer."""
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    fig.text(0.995, 0.002, label, ha="right", va="bottom", fontsize=7, color="0.35")
+    """Write ``name``.png and ``name``.pdf under ``outdir`` (atomically), stamped with ``label``."""
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    style.stamp(fig, label)
     paths = []
     for ext in ("png", "pdf"):
-        p = outdir / f"{name}.{ext}"
+        p, tmp = Path(outdir, f"{name}.{ext}"), Path(outdir, f".{name}.{ext}.tmp")
         # no creation date in the PDF: re-running a notebook leaves an unchanged figure unchanged
-        fig.savefig(p, dpi=130 if ext == "png" else None, bbox_inches="tight",
+        fig.savefig(tmp, format=ext, dpi=130 if ext == "png" else None, bbox_inches="tight",
                     metadata={"CreationDate": None} if ext == "pdf" else None)
-        paths.append(p)
+        paths.append(tmp.replace(p))
     return paths
 
 
-def _with_dense(runs: pd.DataFrame) -> pd.DataFrame:
-    """Repeat the dense rows as sparsity 0 of every main schedule (curves start at the dense model)."""
-    dense = runs[runs.schedule == "dense"]
-    parts = [runs[runs.schedule.isin(MAIN_SCHEDULES)]]
-    parts += [dense.assign(schedule=s) for s in MAIN_SCHEDULES]
-    return pd.concat(parts, ignore_index=True)
+def _class_name(i: int) -> str:
+    return CLASSES[i] if 0 <= i < len(CLASSES) else str(i)
+
+
+def _mains(present) -> list[str]:
+    """The main schedules (registry order) among ``present``."""
+    return [s for s in schedules.main_schedules() if s in set(present)]
+
+
+def _at(d: pd.DataFrame) -> str:
+    """' @ sparsity s' when the pruned rows of ``d`` have one sparsity."""
+    sp = d[d.schedule != "dense"].sparsity.unique()
+    return f" @ sparsity {sp[0]:g}" if len(sp) == 1 else ""
+
+
+def _compare(ax: plt.Axes, d: pd.DataFrame, ref: str) -> None:
+    """``y`` with its interval ``lo``-``hi`` per method (colour) and main schedule (marker).
+
+    Several sparsities: one line per method and schedule along sparsity, from the reference rows
+    (schedule 'dense', sparsity 0). One sparsity: a point per method and schedule side by side,
+    the reference first, named ``ref`` on the axis."""
+    mains, ms = _mains(d.schedule), style.method_order(d.method)
+    colours, st = style.method_colors(ms), style.schedule_styles()
+    points = d[d.schedule.isin(mains)].sparsity.nunique() <= 1
+    cats = (["dense"] if (d.schedule == "dense").any() else []) + mains
+    for j, m in enumerate(ms):
+        for i, s in enumerate(cats if points else mains):
+            g = d[(d.method == m) & d.schedule.isin([s] if points else [s, "dense"])].sort_values(
+                "sparsity")
+            if g.empty:
+                continue
+            x = np.full(len(g), i + (j - (len(ms) - 1) / 2) * 0.7 / len(ms)) if points else g.sparsity
+            err = np.clip(np.nan_to_num(np.vstack([g.y - g.lo, g.hi - g.y])), 0, None)
+            ax.errorbar(x, g.y, err, color=colours[m], capsize=3, ms=6,
+                        **st[s] | ({"ls": "none"} if points else {}))
+    if points:
+        ax.set_xticks(range(len(cats)), [ref.replace(" ", "\n") if c == "dense" else c for c in cats])
+    else:
+        ax.set_xlabel(f"sparsity (0: {ref})")
+
+
+def _accuracy(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean test accuracy of the dense and main-schedule populations, t-interval over seeds."""
+    r = runs[runs.schedule.isin(["dense", *schedules.main_schedules()])]
+    d = r.groupby(["method", "schedule", "sparsity"]).test_acc.agg(["mean", "std", "count"])
+    d = d.reset_index()
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, d["count"] - 1) * d["std"] / np.sqrt(d["count"])
+    return d.assign(y=d["mean"], lo=d["mean"] - half, hi=d["mean"] + half)
+
+
+def _pies(counts: pd.DataFrame) -> pd.DataFrame:
+    """PIE counts of the main schedules with their intervals, and each method's noise floor
+    (PIEs between two dense populations) as its reference row."""
+    c = counts[counts.schedule.isin(schedules.main_schedules())]
+    d = c.assign(y=c.pies, lo=c.get("ci_low", np.nan), hi=c.get("ci_high", np.nan))
+    if "floor" not in c:
+        return d
+    f = c.drop_duplicates("method")
+    return pd.concat([d, pd.DataFrame({"method": f.method, "schedule": "dense", "sparsity": 0.0,
+                                       "y": f.floor, "lo": f.get("floor_ci_low", np.nan),
+                                       "hi": f.get("floor_ci_high", np.nan)})], ignore_index=True)
+
+
+def _comparison(d: pd.DataFrame, ref: str, ylabel: str, title: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
+    _compare(ax, d, ref)
+    ax.set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
+    style.legend(fig, style.method_order(d.method), _mains(d.schedule))
+    return fig
 
 
 def fig_accuracy(runs: pd.DataFrame) -> plt.Figure:
-    """F1: test accuracy vs sparsity, method x schedule, mean and 95% CI over seeds."""
-    d = _with_dense(runs)
-    g = sns.relplot(data=d, x="sparsity", y="test_acc", hue="schedule", col="method", kind="line",
-                    marker="o", errorbar=("ci", 95), seed=BOOT_SEED, palette=PALETTE,
-                    height=3.2, aspect=1.2, facet_kws={"sharey": True})
-    g.set_axis_labels("sparsity (fraction of prunable weights)", "test accuracy")
-    g.figure.suptitle("F1 - accuracy vs sparsity (mean, 95% CI over seeds)", y=1.03)
-    return g.figure
+    """F1: test accuracy per method and main schedule (mean, t-interval over seeds), along
+    sparsity from the dense models, or side by side at the study's one sparsity."""
+    d = _accuracy(runs)
+    return _comparison(d, "dense", "test accuracy", f"F1 - test accuracy{_at(d)}\n"
+                       f"mean, {CONFIDENCE:.0%} t-interval over seeds")
 
 
 def fig_pie_counts(counts: pd.DataFrame) -> plt.Figure:
-    """F2: number of PIEs vs sparsity per method and schedule, with each method's noise floor.
-
-    ``counts`` is :func:`pcl.claims.pie_counts`'s table; ``ci_low``/``ci_high`` become error bars
-    and ``floor``/``floor_ci_low``/``floor_ci_high`` (the PIE count between two independent dense
-    populations of the method) a horizontal line and band per method, when present.
-    """
-    d = counts[counts.schedule.isin(MAIN_SCHEDULES)].sort_values("sparsity")
-    fig, ax = plt.subplots(figsize=(6.2, 3.8))
-    order = method_order(d.method.unique())
-    for (m, sch), g in d.groupby(["method", "schedule"]):
-        ls = method_style(m)
-        ax.plot(g.sparsity, g.pies, ls, marker="o", color=PALETTE[sch], label=f"{m} {sch}")
-        if {"ci_low", "ci_high"} <= set(g) and np.isfinite(g[["ci_low", "ci_high"]]).all(None):
-            ax.errorbar(g.sparsity, g.pies, yerr=np.abs(np.vstack([g.pies - g.ci_low,
-                                                                 g.ci_high - g.pies])),
-                        fmt="none", ecolor=PALETTE[sch], capsize=3, lw=1)
-    if "floor" in d:
-        shades = ("0.55", "0.35", "0.75", "0.15")
-        for i, m in enumerate(order):
-            f = d[(d.method == m) & np.isfinite(d.floor)]
-            if f.empty:
-                continue
-            r = f.iloc[0]
-            c = shades[i % len(shades)]
-            ax.axhline(r.floor, color=c, ls=method_style(m), lw=1,
-                       label=f"{method_label(m)} noise floor")
-            if {"floor_ci_low", "floor_ci_high"} <= set(f) and np.isfinite(
-                    [r.floor_ci_low, r.floor_ci_high]).all():
-                ax.axhspan(r.floor_ci_low, r.floor_ci_high, color=c, alpha=0.15, lw=0)
-    ax.set(xlabel="sparsity", ylabel="number of PIEs (test images)",
-           title="F2 - PIEs vs sparsity (" + ", ".join(
-               f"{_STYLE_NAMES[method_style(m)]}: {method_label(m)}" for m in order)
-           + "; grey: noise floor, 95% CI)")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=7, ncol=2)
-    return fig
+    """F2: number of PIEs per method and main schedule with their intervals, next to each
+    method's noise floor (``counts``: :func:`pcl.claims.pie_count_intervals`'s table)."""
+    d = _pies(counts)
+    how = f"\nintervals: {counts.interval.iloc[0]}" if "interval" in counts and len(counts) else ""
+    return _comparison(d, "noise floor", "number of PIEs (test images)", f"F2 - PIEs{_at(d)}; "
+                       f"noise floor: PIEs between two dense populations{how}")
 
 
 def fig_pies_per_class(pies: pd.DataFrame, sparsity: float,
@@ -119,202 +133,234 @@ def fig_pies_per_class(pies: pd.DataFrame, sparsity: float,
     ``pair`` = (a, b); default: the second and the first method of the table in registry order
     (SupCon and CE, as in the paper)."""
     if pair is None:
-        ms = method_order(pies.method.unique()) if len(pies) else []
+        ms = style.method_order(pies.method.unique())
         pair = (ms[1], ms[0]) if len(ms) > 1 else ("supcon", "ce")
     ma, mb = pair
     rows = []
-    for sch in MAIN_SCHEDULES:
-        a = pies[(pies.method == ma) & (pies.schedule == sch) & (pies.sparsity == sparsity)]
-        b = pies[(pies.method == mb) & (pies.schedule == sch) & (pies.sparsity == sparsity)]
-        if a.empty or b.empty:
-            continue
-        a, b = a.sort_values("image"), b.sort_values("image")
-        cu = metrics.common_unique(a.pie.to_numpy(), b.pie.to_numpy(), a.label.to_numpy())
-        rows.append(cu.assign(schedule=sch))
-    fig, axes = plt.subplots(1, max(1, len(rows)), figsize=(4.2 * max(1, len(rows)), 3.6),
-                             sharey=True, squeeze=False)
-    names = {"common": "common", "only_a": f"{method_label(ma)} only", "only_b": f"{method_label(mb)} only"}
-    colors = {"common": "0.45", "only_a": "tab:purple", "only_b": "tab:orange"}
-    for ax, cu in zip(axes[0], rows):
-        wide = cu.pivot(index="class", columns="kind", values="count").reindex(columns=list(names))
+    for sch in _mains(pies.schedule):
+        a, b = (pies[(pies.method == m) & (pies.schedule == sch) & (pies.sparsity == sparsity)]
+                .sort_values("image") for m in pair)
+        if len(a) and len(b):
+            rows.append((sch, metrics.common_unique(a.pie.to_numpy(), b.pie.to_numpy(),
+                                                    a.label.to_numpy())))
+    n = max(1, len(rows))
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 1.4, 3.6), sharey=True, squeeze=False,
+                             layout="constrained")
+    colours = style.method_colors(pair) | {"common": style.OTHER}
+    kinds = {k: (f"{style.method_label(m)} only" if m != k else k, colours[m])
+             for k, m in (("common", "common"), ("only_a", ma), ("only_b", mb))}
+    for ax, (sch, cu) in zip(axes[0], rows, strict=False):
+        wide = cu.pivot(index="class", columns="kind", values="count").reindex(columns=list(kinds))
         bottom = np.zeros(len(wide))
-        for kind in names:
-            ax.bar(range(len(wide)), wide[kind], bottom=bottom, color=colors[kind], label=names[kind])
+        for kind, (name, colour) in kinds.items():
+            ax.bar(range(len(wide)), wide[kind], bottom=bottom, color=colour, label=name)
             bottom += wide[kind].to_numpy()
-        ax.set_xticks(range(len(wide)), [CLASSES[i][:5] for i in wide.index], rotation=60, fontsize=7)
-        ax.set_title(f"{cu.schedule.iloc[0]} @ {sparsity}")
+        ax.set_xticks(range(len(wide)), [_class_name(i) for i in wide.index], rotation=90,
+                      fontsize=8)
+        ax.set_title(sch)
     axes[0][0].set_ylabel("PIEs (by true label)")
-    axes[0][-1].legend(fontsize=7)
-    fig.suptitle(f"F3 - PIEs per class: common to {method_label(ma)} and {method_label(mb)} vs unique",
-                 y=1.02)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
+    fig.suptitle(f"F3 - PIEs per class @ sparsity {sparsity:g}: common to "
+                 f"{style.method_label(ma)} and {style.method_label(mb)}, and unique", fontsize=10)
     return fig
 
 
-def fig_jaccard(pies: pd.DataFrame, sparsity: float) -> plt.Figure:
-    """F4: Jaccard overlap of the PIE sets of every pair of configurations at ``sparsity``."""
-    sel = pies[(pies.sparsity == sparsity) & pies.schedule.isin(MAIN_SCHEDULES)]
-    masks = {f"{m} {s}": g.sort_values("image").pie.to_numpy()
-             for (m, s), g in sel.groupby(["method", "schedule"])}
-    jm = metrics.jaccard_matrix(masks)
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
-    sns.heatmap(jm, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", ax=ax, square=True)
-    ax.set_title(f"F4 - Jaccard overlap of PIE sets @ sparsity {sparsity}")
+def fig_overlap(matrix: pd.DataFrame, sparsity: float,
+                statistic: str = "overlap coefficient") -> plt.Figure:
+    """F4: the overlap of the PIE sets of every pair of configurations at ``sparsity``, with
+    each configuration's split-half overlap on the diagonal (claim 4 compares the two).
+
+    ``matrix``: one of :func:`pcl.claims.overlap_matrix`'s, indexed by 'method schedule';
+    ``statistic`` names it (one of :data:`OVERLAP_STATISTICS`)."""
+    if statistic not in OVERLAP_STATISTICS or list(matrix.index) != list(matrix.columns):
+        raise ValueError(f"F4 draws a matrix with the same index and columns (got {list(matrix.index)}"
+                         f" and {list(matrix.columns)}) of a statistic allowed in {OVERLAP_STATISTICS}"
+                         f" (got {statistic!r})")
+    v, n = matrix.to_numpy(float), len(matrix)
+    fig, ax = plt.subplots(figsize=(2.6 + 0.75 * n, 1.4 + 0.6 * n), layout="constrained")
+    im = ax.imshow(v, vmin=0, vmax=1, cmap="viridis")
+    for (i, j), x in np.ndenumerate(v):
+        ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=8, color="w" if x < 0.6 else "k")
+    for i in range(n):
+        ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, ec="w", lw=2))
+    ms = [str(k).partition(" ")[::2] for k in matrix.index]  # (method, schedule)
+    names = [f"{style.method_label(m)} {s}" for m, s in ms]
+    ax.set_xticks(range(n), names, rotation=90)
+    ax.set_yticks(range(n), names)
+    colours = style.method_colors(m for m, _ in ms)
+    for t, (m, _) in zip([*ax.get_xticklabels(), *ax.get_yticklabels()], ms + ms, strict=True):
+        t.set_color(colours[m])
+    fig.colorbar(im, ax=ax, label=statistic)
+    fig.suptitle(f"F4 - {statistic} of PIE sets @ sparsity {sparsity:g}\n"
+                 "diagonal (framed): split-half overlap within the configuration", fontsize=10)
     return fig
 
 
 def _paired(table: pd.DataFrame, pies: pd.DataFrame, value: str, sparsity: float) -> list:
     out = []
-    for m in method_order(table.method.unique()):
+    for m in style.method_order(table.method.unique()):
         dense = table[(table.method == m) & (table.schedule == "dense")].sort_values("image")
-        for sch in MAIN_SCHEDULES:
-            pr = table[(table.method == m) & (table.schedule == sch) &
-                       (table.sparsity == sparsity)].sort_values("image")
-            pie = pies[(pies.method == m) & (pies.schedule == sch) &
-                       (pies.sparsity == sparsity)].sort_values("image")
-            if dense.empty or pr.empty or pie.empty:
-                continue
-            out.append((m, sch, dense[value].to_numpy(), pr[value].to_numpy(), pie.pie.to_numpy()))
+        for sch in _mains(table.schedule):
+            pr, pie = (t[(t.method == m) & (t.schedule == sch) & (t.sparsity == sparsity)]
+                       .sort_values("image") for t in (table, pies))
+            if len(dense) and len(pr) and len(pie):
+                out.append((m, sch, dense[value].to_numpy(), pr[value].to_numpy(),
+                            pie.pie.to_numpy()))
     return out
 
 
 def _scatter_grid(pairs: list, title: str, what: str, jitter: float = 0.0) -> plt.Figure:
-    n = max(1, len(pairs))
-    cols = min(3, n)
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.3 * rows), squeeze=False)
+    """Dense vs pruned value per image, one panel per configuration, PIEs in the method's colour."""
+    cols = min(3, max(1, len(pairs)))
+    rows = int(np.ceil(max(1, len(pairs)) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows + 0.4), squeeze=False,
+                             layout="constrained")
     rng = np.random.default_rng(0)
-    for ax, (m, sch, x, y, pie) in zip(axes.flat, pairs):
-        jx = rng.uniform(-jitter, jitter, len(x)) if jitter else 0
-        jy = rng.uniform(-jitter, jitter, len(y)) if jitter else 0
-        ax.scatter(x[~pie] + (jx[~pie] if jitter else 0), y[~pie] + (jy[~pie] if jitter else 0),
-                   s=2, alpha=0.25, color="0.5", label="other images", rasterized=True)
-        ax.scatter(x[pie] + (jx[pie] if jitter else 0), y[pie] + (jy[pie] if jitter else 0),
-                   s=5, alpha=0.8, color="tab:red", label=f"PIEs ({pie.sum()})", rasterized=True)
+    colours = style.method_colors(p[0] for p in pairs)
+    for ax, (m, sch, x, y, pie) in zip(axes.flat, pairs, strict=False):
+        jx, jy = rng.uniform(-jitter, jitter, (2, len(x)))
+        ax.scatter((x + jx)[~pie], (y + jy)[~pie], s=2, alpha=0.25, color=style.OTHER,
+                   label="other images", rasterized=True)
+        ax.scatter((x + jx)[pie], (y + jy)[pie], s=5, alpha=0.8, color=colours[m],
+                   label=f"PIEs ({pie.sum()})", rasterized=True)
         finite = np.concatenate([x[np.isfinite(x)], y[np.isfinite(y)]])
         if finite.size:
-            lo, hi = finite.min(), finite.max()
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set(title=f"{m} {sch}", xlabel=f"dense {what}", ylabel=f"pruned {what}")
-        ax.legend(fontsize=6, markerscale=2)
+            ax.plot([finite.min(), finite.max()], [finite.min(), finite.max()], "k--", lw=0.8)
+        ax.set(title=f"{style.method_label(m)} {sch}", xlabel=f"dense {what}",
+               ylabel=f"pruned {what}")
+        ax.legend(fontsize=6, markerscale=2, loc="upper left")
     for ax in list(axes.flat)[len(pairs):]:
         ax.axis("off")
-    fig.suptitle(title, y=1.01)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
 def fig_qscore(qscores: pd.DataFrame, pies: pd.DataFrame, sparsity: float) -> plt.Figure:
     """F5: Q-Score per image, dense vs pruned population mean, PIEs highlighted, y = x line."""
-    return _scatter_grid(_paired(qscores, pies, "qscore", sparsity),
-                         f"F5 - Q-Score per test image, dense vs pruned @ {sparsity}", "Q-Score")
+    return _scatter_grid(_paired(qscores, pies, "qscore", sparsity), f"F5 - Q-Score per test "
+                         f"image, dense vs pruned @ sparsity {sparsity:g}", "Q-Score")
 
 
 def fig_depth(depths: pd.DataFrame, pies: pd.DataFrame, sparsity: float) -> plt.Figure:
-    """F6: prediction depth, dense vs pruned per image (jittered), and distributions."""
-    pairs = _paired(depths, pies, "depth", sparsity)
-    fig = _scatter_grid(pairs, f"F6 - prediction depth per test image, dense vs pruned @ {sparsity}",
-                        "depth", jitter=0.25)
-    return fig
+    """F6: prediction depth, dense vs pruned per image (jittered: depths are few values)."""
+    return _scatter_grid(_paired(depths, pies, "depth", sparsity), "F6 - prediction depth per "
+                         f"test image, dense vs pruned @ sparsity {sparsity:g}", "depth", 0.25)
 
 
 def fig_depth_distributions(depths: pd.DataFrame, pies: pd.DataFrame, sparsity: float) -> plt.Figure:
-    """F6b: distribution of prediction depth, PIEs vs other images, per configuration."""
-    d = depths.merge(pies[["method", "schedule", "sparsity", "image", "pie"]],
-                     on=["method", "schedule", "sparsity", "image"], how="inner")
-    d = d[d.sparsity == sparsity]
-    g = sns.displot(data=d, x="depth", hue="pie", col="schedule", row="method", kind="hist",
-                    stat="density", common_norm=False, element="step", binwidth=1,
-                    height=2.4, aspect=1.2, facet_kws={"sharey": False})
-    g.figure.suptitle(f"F6b - prediction depth distribution, PIEs vs others @ {sparsity}", y=1.03)
-    return g.figure
+    """F6b: distribution of prediction depth, PIEs vs other images, per configuration
+    (a row per method, a column per pruned schedule at ``sparsity``)."""
+    keys = ["method", "schedule", "sparsity", "image"]
+    d = depths.merge(pies[[*keys, "pie"]], on=keys, how="inner")
+    d = d[(d.sparsity == sparsity) & ~d.schedule.isin(["dense", "floor"])]
+    ms, cols = style.method_order(d.method), style.schedule_order(d.schedule)
+    cols = [s for s in cols if s in set(d.schedule)]
+    fig, axes = plt.subplots(max(1, len(ms)), max(1, len(cols)), squeeze=False, sharex=True,
+                             figsize=(2.6 * max(1, len(cols)) + 1.6, 2.1 * max(1, len(ms)) + 0.6),
+                             layout="constrained")
+    colours = style.method_colors(ms)
+    bins = np.arange(np.floor(d.depth.min()), np.ceil(d.depth.max()) + 2) - 0.5 if len(d) else 10
+    for (i, m), (j, s) in itertools.product(enumerate(ms), enumerate(cols)):
+        ax, g = axes[i][j], d[(d.method == m) & (d.schedule == s)]
+        ax.hist(g.depth[~g.pie], bins, density=True, histtype="step", color=style.OTHER)
+        ax.hist(g.depth[g.pie], bins, density=True, histtype="step", color=colours[m], lw=1.5)
+        ax.set_title(s if i == 0 else "", fontsize=9)
+        ax.set(ylabel=f"{style.method_label(m)}: density" if j == 0 else "",
+               xlabel="prediction depth" if i == len(ms) - 1 else "")
+    style.legend(fig, ms, other="other images")
+    fig.suptitle(f"F6b - prediction depth distribution @ sparsity {sparsity:g}: PIEs (the "
+                 "method's colour) vs other images", fontsize=10)
+    return fig
 
 
 def fig_umap(embeddings: dict[str, np.ndarray], labels: np.ndarray) -> plt.Figure:
     """F7: 2-D UMAP of one model's test features per panel, coloured by class."""
     n = len(embeddings)
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.8), squeeze=False, layout="constrained")
     cmap = plt.get_cmap("tab10")
-    for ax, (title, emb) in zip(axes[0], embeddings.items()):
+    for ax, (title, emb) in zip(axes[0], embeddings.items(), strict=True):
         ax.scatter(emb[:, 0], emb[:, 1], c=cmap(labels % 10), s=1.5, alpha=0.6, rasterized=True)
         ax.set(title=title, xticks=[], yticks=[])
     handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=c)
                for i, c in enumerate(CLASSES)]
-    fig.legend(handles=handles, loc="lower center", ncol=10, fontsize=6, bbox_to_anchor=(0.5, -0.06))
-    fig.suptitle("F7 - UMAP of test features (one model each)", y=1.02)
+    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=7)
+    fig.suptitle("F7 - UMAP of test features (one model each)", fontsize=10)
     return fig
 
 
 def fig_schedules(runs: pd.DataFrame, counts: pd.DataFrame, sparsity: float,
                   onset: pd.DataFrame | None = None) -> plt.Figure:
-    """F8: schedule effect at ``sparsity``: PIEs and accuracy per schedule, and the onset sweep.
-
-    ``onset``: rows (method, begin, pies, test_acc) of the pruning-onset sweep.
-    """
+    """F8: schedule effect at ``sparsity``: PIEs and accuracy per main schedule and method, and
+    the pruning-onset sweep (``onset``: rows (method, begin, pies) of it) when given."""
     ncols = 3 if onset is not None and len(onset) else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(4.0 * ncols, 3.5))
-    c = counts[(counts.sparsity == sparsity) & counts.schedule.isin(MAIN_SCHEDULES)]
-    order = method_order(c.method.unique())
-    width = 0.8 / max(1, len(order))
-    for j, m in enumerate(order):
-        g = c[c.method == m].set_index("schedule").reindex(list(MAIN_SCHEDULES))
-        x = np.arange(len(MAIN_SCHEDULES)) + (j - (len(order) - 1) / 2) * width
-        yerr = np.abs(np.vstack([g.pies - g.ci_low, g.ci_high - g.pies])) if "ci_low" in g else None
-        axes[0].bar(x, g.pies, width=width, yerr=yerr, capsize=3, label=m, color=f"C{j}")
-        if "floor" in g and np.isfinite(g.floor).any():  # the method's noise floor
-            axes[0].axhline(g.floor[np.isfinite(g.floor)].iloc[0], color=f"C{j}", ls=":", lw=1.2)
-    axes[0].set_xticks(range(len(MAIN_SCHEDULES)), list(MAIN_SCHEDULES))
-    axes[0].set(title=f"PIEs @ {sparsity} (95% CI over seeds;\ndotted: noise floor)",
-                ylabel="number of PIEs")
-    axes[0].legend(fontsize=7)
-    r = runs[(runs.sparsity == sparsity) & runs.schedule.isin(MAIN_SCHEDULES)]
-    sns.barplot(data=r, x="schedule", y="test_acc", hue="method", ax=axes[1],
-                order=list(MAIN_SCHEDULES), errorbar=("ci", 95), seed=BOOT_SEED)
-    axes[1].set(title=f"accuracy @ {sparsity}", ylabel="test accuracy")
+    fig, axes = plt.subplots(1, ncols, figsize=(3.6 * ncols + 1.4, 3.6), layout="constrained")
+    c, d = _pies(counts), _accuracy(runs)
+    _compare(axes[0], c[c.sparsity.isin([0.0, sparsity])], "noise floor")
+    _compare(axes[1], d[d.sparsity.isin([0.0, sparsity])], "dense")
+    axes[0].set(title="PIEs (interval over seeds)", ylabel="number of PIEs")
+    axes[1].set(title=f"accuracy (mean, {CONFIDENCE:.0%} t-interval)", ylabel="test accuracy")
+    ms = style.method_order({*c.method, *d.method})
     if ncols == 3:
-        for m, g in onset.groupby("method"):
-            g = g.sort_values("begin")
-            axes[2].plot(g.begin, g.pies, marker="o", label=m)
+        for m, g in onset.sort_values("begin").groupby("method"):
+            axes[2].plot(g.begin, g.pies, marker="o", color=style.method_colors(ms)[m])
         axes[2].set(title="pruning onset sweep", xlabel="GMP begin (fraction of training)",
                     ylabel="number of PIEs")
-        axes[2].legend(fontsize=7)
-    fig.suptitle("F8 - schedule effect: early vs late GMP vs one-shot", y=1.02)
-    fig.tight_layout()
+    mains = _mains([*c.schedule, *d.schedule])
+    style.legend(fig, ms, mains)
+    fig.suptitle(f"F8 - schedule effect @ sparsity {sparsity:g}: {' vs '.join(mains)}"
+                 + ("; onset of GMP" if ncols == 3 else ""), fontsize=10)
     return fig
 
 
 def fig_training_curves(histories: dict[str, dict]) -> plt.Figure:
-    """Training loss per epoch of a few runs (``histories``: label -> stored history)."""
-    fig, axes = plt.subplots(1, len(histories), figsize=(4 * len(histories), 3), squeeze=False)
-    for ax, (label, h) in zip(axes[0], histories.items()):
+    """F0: training loss per epoch of a few runs (``histories``: label -> stored history), one
+    panel per phase (their losses differ in scale), with the sparsity (grey, right axis) showing
+    where pruning happens."""
+    phases = {k: list(dict.fromkeys(r["phase"] for r in h["epochs"])) for k, h in histories.items()}
+    cols = max([1, *map(len, phases.values())])
+    fig, axes = plt.subplots(len(histories), cols, figsize=(3.4 * cols + 0.4, 2.6 * len(histories)),
+                             squeeze=False, layout="constrained")
+    colours = style.method_colors(histories)
+    for row, (label, h) in zip(axes, histories.items(), strict=True):
         e = pd.DataFrame(h["epochs"])
-        for phase, g in e.groupby("phase", sort=False):
-            ax.plot(range(len(g)), g.loss.to_numpy(), marker=".", label=phase)
-        ax.set(title=f"{label} (test acc {h['test_acc']:.3f})", xlabel="epoch of phase",
-               ylabel="training loss")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        for ax, phase in zip(row, phases[label], strict=False):
+            g = e[e.phase == phase]
+            ax.plot(g.epoch, g.loss, marker=".", color=colours[label])
+            ax.set(title=f"{label}: {phase} (test acc {h['test_acc']:.3f})", xlabel="epoch",
+                   ylabel="training loss")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if "sparsity" in g and g.sparsity.max() > 0:
+                tw = ax.twinx()
+                tw.plot(g.epoch, g.sparsity, ":", color="0.5")
+                tw.set(ylim=(0, 1), ylabel="sparsity")
+        for ax in row[len(phases[label]):]:
+            ax.axis("off")
+    fig.suptitle("F0 - training loss per phase (dotted grey: sparsity, where pruning happens)",
+                 fontsize=10)
     return fig
 
 
-def fig_gmp_schedules(windows: dict[str, tuple[float, float]], final: float,
-                      events: dict[str, list] | None = None, total_steps: int | None = None
-                      ) -> plt.Figure:
-    """The GMP target sparsity over training for each (begin, end) window, with the measured
-    sparsity after every pruning event of a real run when ``events`` (step, target, measured)."""
-    from .pruning import gmp_sparsity
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+def fig_gmp_schedules(configs: dict[str, RunConfig], events: dict[str, list] | None = None,
+                      total_steps: int | None = None) -> plt.Figure:
+    """F0: each schedule's target sparsity along the pruned phase (``schedule.target``) for the
+    runs ``configs`` (label -> config), with the sparsity measured after every pruning event of
+    a real run (``events``: label -> [(step, target, measured)]; ``total_steps``: the phase's)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), layout="constrained")
     t = np.linspace(0, 1, 400)
-    for name, (b, e) in windows.items():
-        ax.plot(t, [gmp_sparsity(x, b, e, final) for x in t], label=f"{name} target",
-                color=PALETTE.get(name))
-    for name, ev in (events or {}).items():
+    st = style.schedule_styles(configs)
+    colours = style.method_colors(c.method for c in configs.values())
+    for name, cfg in configs.items():
+        ax.plot(t, [schedules.get(cfg.pruning).target(cfg, x) for x in t], ls=st[name]["ls"],
+                color=colours[cfg.method], label=f"{name}: target")
+        ev = (events or {}).get(name)
         if ev and total_steps:
-            st = np.array([x[0] for x in ev]) / total_steps
-            ax.plot(st, [x[2] for x in ev], "x", ms=4, color=PALETTE.get(name),
-                    label=f"{name} measured")
-    ax.set(xlabel="fraction of training steps", ylabel="sparsity", title="GMP schedules")
-    ax.legend(fontsize=7)
+            ax.plot(np.array([x[0] for x in ev]) / total_steps, [x[2] for x in ev], ls="none",
+                    marker=st[name]["marker"], ms=4, mfc="none", color=colours[cfg.method],
+                    label=f"{name}: measured")
+    ax.set(xlabel="fraction of the pruned phase's steps", ylabel="sparsity", ylim=(-0.03, 1.03))
+    fig.legend(loc="outside right center", fontsize=8)
+    fig.suptitle("F0 - where each schedule prunes: target sparsity (lines), measured (markers)",
+                 fontsize=10)
     return fig
 
 
@@ -322,12 +368,6 @@ def fig_gmp_schedules(windows: dict[str, tuple[float, float]], final: float,
 # F9: the PIE gallery (selection by pcl.gallery; these functions only draw)
 GALLERY_COLS = 6  # images per row of a panel
 GALLERY_UPSCALE = 4  # every 32x32 pixel becomes a 4x4 block (nearest neighbour)
-
-
-def _class_name(i: int) -> str:
-    return CLASSES[i] if 0 <= i < len(CLASSES) else str(i)
-
-
 _CELL_W, _CELL_H, _PANEL_TOP, _PANEL_BOTTOM = 0.92, 1.1, 0.4, 0.32  # inches
 
 
@@ -344,23 +384,20 @@ def _gallery_panel(sub, panel, pics: np.ndarray, rows: int, cols: int) -> None:
         axes[0][0].text(0, 0.5, "unique PIEs: none" if panel.kept_by else "PIEs: none",
                         fontsize=8, transform=axes[0][0].transAxes)
         return
-    for ax, pic, r in zip(axes.flat, pics, panel.picked.itertuples(index=False)):
+    for ax, pic, r in zip(axes.flat, pics, panel.picked.itertuples(index=False), strict=False):
         ax.imshow(pic, interpolation="nearest")
-        lines = [(f"true {_class_name(r.label)}", "0.1"),
-                 (f"dense {_class_name(r.dense_modal)}",
-                  "tab:green" if r.dense_modal == r.label else "tab:red"),
-                 (f"pruned {_class_name(r.pruned_modal)}",
-                  "tab:green" if r.pruned_modal == r.label else "tab:red")]
-        for j, (text, color) in enumerate(lines):
-            ax.annotate(text, xy=(0.5, 0), xycoords="axes fraction", xytext=(0, -1.5 - 6.5 * j),
+        lines = [("true", r.label, "0.1")] + [(k, v, "tab:green" if v == r.label else "tab:red")
+                                              for k, v in (("dense", r.dense_modal),
+                                                           ("pruned", r.pruned_modal))]
+        for j, (k, v, color) in enumerate(lines):
+            ax.annotate(f"{k} {_class_name(v)}", xy=(0.5, 0), xycoords="axes fraction",
+                        xytext=(0, -1.5 - 6.5 * j),
                         textcoords="offset points", ha="center", va="top", fontsize=5.5,
                         color=color)
 
 
 def _gallery_figure(panels: list, test_images, title: str, cols: int, upscale: int) -> plt.Figure:
     """Panels on a grid: one row per (method, kept_by), one column per schedule."""
-    from .gallery import upscale_nearest
-
     x = np.asarray(test_images)
     if not panels:
         fig, ax = plt.subplots(figsize=(6, 1.2))
@@ -378,13 +415,10 @@ def _gallery_figure(panels: list, test_images, title: str, cols: int, upscale: i
     row_keys = list(dict.fromkeys((p.method, p.kept_by) for p in panels))
     col_keys = list(dict.fromkeys(p.schedule for p in panels))
     pw, ph = cols * _CELL_W + 0.2, rows * _CELL_H + _PANEL_TOP + _PANEL_BOTTOM
-    fig = plt.figure(figsize=(pw * len(col_keys), ph * len(row_keys) + 0.25))
-    # an empty strip at the bottom keeps the scale stamp of plots.save off the last captions
-    subs = fig.subfigures(len(row_keys) + 1, len(col_keys), squeeze=False,
-                          height_ratios=[ph] * len(row_keys) + [0.25])
-    for row in subs:
-        for s in row:
-            s.set_facecolor("none")
+    fig = plt.figure(figsize=(pw * len(col_keys), ph * len(row_keys)))
+    subs = fig.subfigures(len(row_keys), len(col_keys), squeeze=False)
+    for s in subs.flat:
+        s.set_facecolor("none")
     for p in panels:
         sub = subs[row_keys.index((p.method, p.kept_by))][col_keys.index(p.schedule)]
         pics = upscale_nearest(x[p.images], upscale) if len(p.picked) else np.zeros((0,))
@@ -396,9 +430,8 @@ def _gallery_figure(panels: list, test_images, title: str, cols: int, upscale: i
 
 def fig_pie_gallery(panels: list, test_images, cols: int = GALLERY_COLS,
                     upscale: int = GALLERY_UPSCALE) -> plt.Figure:
-    """F9: PIE test images per (method, schedule) panel, as picked by
-    :func:`pcl.gallery.gallery_panels`; ``test_images`` uint8 (N, 3, 32, 32), shown at native
-    resolution upscaled by pixel repetition."""
+    """F9: PIE test images per (method, schedule) panel, as picked by :func:`pcl.gallery.
+    gallery_panels`; ``test_images`` uint8 (N, 3, 32, 32), upscaled by pixel repetition."""
     s = f"{panels[0].sparsity:g}" if panels else "?"
     return _gallery_figure(panels, test_images,
                            f"F9 - PIE gallery @ sparsity {s}: per panel the PIEs the pruned "

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .schedules import SCOPES
+from .config import SCOPES
 
 
 def _check_sparsity(s: float) -> None:
@@ -31,16 +31,27 @@ def prunable(model: nn.Module, include: Callable[[str], bool] | None = None) -> 
     return out
 
 
-def gmp_sparsity(step: float, begin: float, end: float, final: float, initial: float = 0.0) -> float:
-    """Zhu & Gupta's cubic target: s_f + (s_i - s_f)(1 - (t - t0)/(t1 - t0))^3 on [t0, t1]."""
+def cubic(final: float, frac: float) -> float:
+    """Zhu & Gupta's ramp: s_f + (0 - s_f)(1 - frac)^3 at fraction ``frac`` of the window."""
+    return float(final + (0.0 - final) * (1.0 - frac) ** 3)
+
+
+def linear(final: float, frac: float) -> float:
+    """A linear ramp from 0 to ``final`` over the window."""
+    return float(final * frac)
+
+
+def gmp_sparsity(step: float, begin: float, end: float, final: float,
+                 ramp: Callable[[float, float], float] = cubic) -> float:
+    """Target sparsity at ``step`` of a window [begin, end]: 0 before, ``final`` after, ``ramp``
+    (Zhu & Gupta's cubic by default) inside."""
     if end <= begin:
         raise ValueError(f"GMP begin must be before end; got begin={begin}, end={end}")
     if step <= begin:
-        return float(initial)
+        return 0.0
     if step >= end:
         return float(final)
-    frac = (step - begin) / (end - begin)
-    return float(final + (initial - final) * (1.0 - frac) ** 3)
+    return ramp(final, (step - begin) / (end - begin))
 
 
 def _scores(w: torch.Tensor) -> torch.Tensor:
@@ -100,27 +111,23 @@ def sparsity(model: nn.Module, include: Callable[[str], bool] | None = None) -> 
     return zeros / max(1, sum(p.numel() for p in params.values()))
 
 
-def mask_from_zeros(model: nn.Module,
-                    include: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
-    """Keep-masks that hold the zeros a model already has (for fine-tuning a pruned model)."""
-    return {n: p.detach() != 0 for n, p in prunable(model, include).items()}
-
-
 class Pruner:
     """Training hook: holds masks, re-applies them after every optimiser step, grows them by GMP.
 
     ``after_step(step)`` is called by the training loop after each optimiser step (step counted
     from 1). With ``final`` > 0 and a (begin, end) window in steps, it prunes to
-    :func:`gmp_sparsity` at every ``every``-th step of the window (and at its end), ``scope`` wide;
+    :func:`gmp_sparsity` with the schedule's ``ramp`` at every ``every``-th step of the window
+    (and at its end), ``scope`` wide;
     masks only grow, because weights already zero are pruned first.
     """
 
     def __init__(self, model: nn.Module, *, final: float = 0.0, begin_step: int = 0,
                  end_step: int = 1, every: int = 1, scope: str = "layerwise",
                  include: Callable[[str], bool] | None = None,
-                 masks: dict[str, torch.Tensor] | None = None) -> None:
+                 masks: dict[str, torch.Tensor] | None = None,
+                 ramp: Callable[[float, float], float] = cubic) -> None:
         _check_sparsity(final)
-        self.model, self.final, self.scope, self.include = model, final, scope, include
+        self.model, self.final, self.scope, self.include, self.ramp = model, final, scope, include, ramp
         self.begin, self.end, self.every = begin_step, max(end_step, begin_step + 1), max(1, every)
         self.masks = masks if masks is not None else {}
         self.events: list[tuple[int, float, float]] = []  # (step, target, measured)
@@ -150,7 +157,7 @@ class Pruner:
         if self.masks:  # first undo what this optimiser step did to pruned weights
             apply_masks(self.model, self.masks)
         if self.is_event(step):
-            target = gmp_sparsity(step, self.begin, self.end, self.final)
+            target = gmp_sparsity(step, self.begin, self.end, self.final, self.ramp)
             if target > 0:
                 self.prune_to(target)
                 apply_masks(self.model, self.masks)

@@ -5,6 +5,7 @@
                             [--executor local|submitit-local|slurm] [--slurm-partition P]
                             [--slurm-gpus N] [--slurm-time T] [--slurm-array-parallelism N]
                             [--slurm-log-dir DIR] [--slurm-extra 'account=abc,mem=32G']
+                            [--stale-after SECONDS]
 
 Executed copies go to ``notebooks/executed/<profile>/`` (kept in git); figures to
 ``figures/<profile>/``, tables to ``results/<profile>/``. A failing notebook stops the chain with
@@ -19,7 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PRESETS
+import nbformat
+import papermill as pm
+from papermill.exceptions import PapermillExecutionError
+
+from .executor_options import cluster_options
+from .presets import PRESETS
+from .study import resolve_preset_name
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -31,8 +38,6 @@ def notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
 
 def declared_parameters(path: Path) -> set[str]:
     """Names assigned in a notebook's ``parameters`` cell."""
-    import nbformat
-
     nb = nbformat.read(path, as_version=4)
     names: set[str] = set()
     for c in nb.cells:
@@ -48,15 +53,11 @@ def run_chain(profile: str = "auto", dataset: str | None = None, data_root: str 
               executor: dict | None = None) -> list[Path]:
     """Execute the notebooks with papermill; returns the executed copies' paths.
 
-    ``executor``: further notebook parameters (``executor``, ``slurm_partition``, ...), passed to
-    the notebooks that declare them (the training notebooks 01-03). Raises ``RuntimeError``
+    ``executor``: further notebook parameters (``executor``, ``slurm_*``, ``stale_after``),
+    passed to the notebooks that declare them (the training notebooks 01-03).
+    Raises ``RuntimeError``
     naming the notebook and the failing cell's error.
     """
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
-    from .study import resolve_preset_name
-
     name, why = resolve_preset_name(profile)
     if name not in PRESETS:
         raise ValueError(f"unknown profile {name!r}; allowed: auto, {', '.join(PRESETS)}")
@@ -88,16 +89,15 @@ def run_chain(profile: str = "auto", dataset: str | None = None, data_root: str 
 
 def executor_parameters(a: argparse.Namespace) -> dict:
     """The training notebooks' executor parameters from the command line (unset ones left out,
-    so the notebooks' defaults apply)."""
-    from .executors import cluster_options
-
+    so the notebooks' defaults apply), checked now: a bad time limit or sbatch parameter fails
+    before the first notebook runs."""
     p = {"executor": a.executor, "slurm_partition": a.slurm_partition, "slurm_gpus": a.slurm_gpus,
          "slurm_time": a.slurm_time, "slurm_array_parallelism": a.slurm_array_parallelism,
-         "slurm_log_dir": a.slurm_log_dir, "slurm_extra": a.slurm_extra}
+         "slurm_log_dir": a.slurm_log_dir, "slurm_extra": a.slurm_extra, "stale_after": a.stale_after}
     p = {k: v for k, v in p.items() if v not in (None, "")}
-    # refuse a bad time limit or sbatch parameter now, not after the first notebooks ran
     cluster_options(a.executor, p.get("slurm_partition"), p.get("slurm_gpus"), p.get("slurm_time"),
-                    p.get("slurm_array_parallelism"), p.get("slurm_log_dir"), p.get("slurm_extra"))
+                    p.get("slurm_array_parallelism"), p.get("slurm_log_dir"), p.get("slurm_extra"),
+                    p.get("stale_after"))
     return p
 
 
@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slurm-array-parallelism", default=None, type=int)
     ap.add_argument("--slurm-log-dir", default=None, help="job logs (default <runs>/.submitit)")
     ap.add_argument("--slurm-extra", default=None, help="more sbatch parameters: 'account=abc,mem=32G'")
+    ap.add_argument("--stale-after", default=None, type=float,
+                    help="seconds before an unrefreshed run lease may be taken over")
     a = ap.parse_args(argv)
-    from .study import resolve_preset_name
-
     name, why = resolve_preset_name(a.profile)
     print(f"[reproduce] profile {name!r}: {why}", flush=True)
     if name not in PRESETS:

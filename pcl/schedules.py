@@ -1,55 +1,53 @@
-"""Pruning schedules, one registry entry each: where a schedule prunes, and what it needs.
+"""Pruning schedules, one registry entry each: where a schedule prunes, its role, what it needs.
 
-A schedule is the ``pruning`` field of a run config. Its entry says which study stage plans it
-and which configs it adds to a study (:func:`pcl.study.plan`); its GMP window, where it has a
-fixed one; whether it starts from a finished parent run (``RunConfig.parent()``; the executors
-train parents first); which phases it trains (a method's own, or a replacement such as
-one-shot's fine-tuning); which training callbacks it adds to each phase (the pruning itself);
-and which config fields it does not use (``config.canonical`` resets them).
+A schedule is the ``pruning`` field of a run config (the population label a run gets is
+``RunConfig.schedule``; the learning-rate schedule is ``lr_schedule``, a different thing). Its
+entry declares its role in the study: the stage that plans it and the configs it adds
+(:func:`pcl.study.plan`), whether it is a main schedule (compared in every main figure) or the
+onset sweep (its runs are the onset curve), the parent run it needs (``RunConfig.parent()``;
+executors train parents first), its ramp (the target sparsity along the pruned phase, which the
+:class:`~pcl.pruning.Pruner` asks), the phases it trains (a method's own, or one-shot's
+fine-tuning) and the config fields and hparams it owns (:class:`pcl.registry.Entry`).
 
 Adding a schedule is one :func:`register` call, here or in user code::
 
-    register(FixedGMP("gmp_mid", fixed=(0.3, 0.5), color="tab:olive"))
+    register(FixedGMP("gmp_mid", fixed=(0.3, 0.5), ramp=pruning.linear))
 
-then list it in a preset's ``schedules``. Nothing else names schedules, except plots for colours.
+then list it in a preset's ``schedules``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
-if TYPE_CHECKING:  # type hints only: config imports this module lazily, never the reverse
-    import torch.nn as nn
+import torch.nn as nn
 
-    from .config import Preset, RunConfig
+from .config import ConfigError, Preset, RunConfig, dense_parent
+from .pruning import Pruner, apply_masks, cubic, gmp_sparsity, magnitude_masks
+from .registry import SCHEDULES, Entry
+
+if TYPE_CHECKING:  # type hints only
     from .methods import Method, PhaseSpec
-
-#: Scopes of a magnitude prune: one threshold over all prunable weights, or per tensor.
-SCOPES = ("global", "layerwise")
-#: SupCon/SimCLR linear head: its own GMP over the head-training steps (PROTOCOL.md, Pruning).
-HEAD_GMP = (0.025, 0.5)
 
 _FINETUNE = ("finetune_epochs", "finetune_lr", "finetune_batch_size", "finetune_weight_decay",
              "finetune_head_only", "oneshot_scope")
-_GMP_WINDOW = ("gmp_begin", "gmp_end")
 _GMP = ("gmp_events", "gmp_scope")
-
-
-class ScheduleError(ValueError):
-    """An unknown schedule name, or a registration that would clash."""
+#: One-shot fine-tuning's optimiser beyond the ``finetune_*`` fields (OneShot's hparams).
+FINETUNE_OPTIM = {"finetune_momentum": 0.9, "finetune_nesterov": True, "finetune_lr_schedule": "constant"}
 
 
 @dataclass(frozen=True)
-class Schedule:
+class Schedule(Entry):
     """No pruning ('none', population label 'dense'); the base of every other schedule."""
 
     name: str = "none"
+    color: str | None = "0.3"
     stage: str = "dense"  # the study.plan stage that trains it
     always: bool = True  # planned in every study; False: only when a preset lists it in schedules
     needs_parent: bool = False
-    unused: tuple[str, ...] = _FINETUNE + _GMP_WINDOW + _GMP
-    color: str | None = "0.3"  # plots: line and bar colour; None = the plot's default cycle
-    main: bool = False  # plots: one of the schedules every main figure compares
+    main: bool = False  # one of the schedules every main figure compares
+    sweep: bool = False  # its runs are the onset sweep (the onset curve's points)
+    ramp: Callable[[float, float], float] = cubic  # (final, fraction of the window) -> sparsity
 
     def label(self, cfg: RunConfig) -> str:
         """The population label: a config's ``schedule``."""
@@ -58,6 +56,11 @@ class Schedule:
     def window(self, cfg: RunConfig) -> tuple[float, float] | None:
         """(begin, end) of GMP as fractions of the run's optimiser steps; None when it has none."""
         return None
+
+    def target(self, cfg: RunConfig, t: float) -> float:
+        """Target sparsity at fraction ``t`` of the pruned phase's steps (what F0 draws)."""
+        w = self.window(cfg)
+        return 0.0 if w is None else gmp_sparsity(t, w[0], w[1], cfg.sparsity, self.ramp)
 
     def configs(self, preset: Preset, method: str, seed: int) -> list[RunConfig]:
         """The runs of this schedule in ``preset`` for one method and seed: the dense run, or one
@@ -90,25 +93,23 @@ class FixedGMP(Schedule):
     """Gradual magnitude pruning over a fixed window of every phase a method lets it prune."""
 
     name: str = "gmp_early"
+    owns: tuple[str, ...] = _GMP
+    color: str | None = None
     stage: str = "gmp"
     always: bool = False
-    fixed: tuple[float, float] = (0.0125, 0.25)
-    unused: tuple[str, ...] = _FINETUNE + _GMP_WINDOW
-    color: str | None = None
     main: bool = True
+    fixed: tuple[float, float] = (0.0125, 0.25)
 
     def window(self, cfg: RunConfig) -> tuple[float, float] | None:
         return self.fixed
 
     def callbacks(self, cfg, spec, model, net, total_steps):
-        from .pruning import Pruner
-
         if spec.prune is None:  # e.g. a phase that trains nothing prunable
             return []
         module, include = spec.prune(model, net)
-        begin, end = spec.gmp_window or self.window(cfg)
+        begin, end = spec.gmp_window(cfg) if spec.gmp_window else self.window(cfg)
         return [Pruner.gmp(module, cfg.sparsity, begin, end, total_steps, cfg.gmp_events,
-                           scope=cfg.gmp_scope, include=include)]
+                           scope=cfg.gmp_scope, include=include, ramp=self.ramp)]
 
 
 @dataclass(frozen=True)
@@ -116,14 +117,17 @@ class OnsetGMP(FixedGMP):
     """GMP with the window in the config (``gmp_begin``, ``gmp_end``): the pruning-onset sweep."""
 
     name: str = "gmp"
+    owns: tuple[str, ...] = _GMP + ("gmp_begin", "gmp_end")
     stage: str = "onset"
     always: bool = True  # the preset's onset_begins say which runs (none when empty)
-    unused: tuple[str, ...] = _FINETUNE
     main: bool = False
+    sweep: bool = True
 
     def configs(self, preset, method, seed):
         """GMP starting at each of ``preset.onset_begins``, ``onset_duration`` long (clipped at the
-        end of training), at ``onset_sparsity``."""
+        end of training), at ``onset_sparsity``; none for a method ``onset_methods`` leaves out."""
+        if preset.onset_methods is not None and method not in preset.onset_methods:
+            return []
         return [preset.run(method, seed, self.name, preset.onset_sparsity, gmp_begin=b,
                            gmp_end=min(1.0, b + preset.onset_duration))
                 for b in preset.onset_begins]
@@ -135,8 +139,6 @@ class OnsetGMP(FixedGMP):
         return (cfg.gmp_begin, cfg.gmp_end)
 
     def validate(self, cfg: RunConfig) -> None:
-        from .config import ConfigError
-
         if cfg.gmp_begin >= cfg.gmp_end:
             raise ConfigError(f"GMP begin must be before end; got begin={cfg.gmp_begin}, "
                               f"end={cfg.gmp_end}")
@@ -144,76 +146,48 @@ class OnsetGMP(FixedGMP):
 
 @dataclass(frozen=True)
 class OneShot(Schedule):
-    """Prune the finished dense parent once (global magnitude), then fine-tune with masks held."""
+    """Prune the finished dense parent once (global magnitude), then fine-tune with masks held
+    (its fine-tuning optimiser is its hparams: constant lr, Nesterov momentum 0.9)."""
 
     name: str = "oneshot"
+    owns: tuple[str, ...] = _FINETUNE
+    hparams: dict[str, Any] = field(default_factory=lambda: dict(FINETUNE_OPTIM), hash=False,
+                                    compare=False)
+    color: str | None = "tab:green"
     stage: str = "oneshot"
     always: bool = False
     needs_parent: bool = True
-    unused: tuple[str, ...] = _GMP_WINDOW + _GMP
-    color: str | None = "tab:green"
     main: bool = True
 
-    def validate(self, cfg: RunConfig) -> None:
-        from .config import ConfigError
+    def target(self, cfg: RunConfig, t: float) -> float:
+        return cfg.sparsity
 
+    def validate(self, cfg: RunConfig) -> None:
         if cfg.finetune_epochs < 0:
             raise ConfigError(f"finetune_epochs must be >= 0; got {cfg.finetune_epochs}")
 
     def parent(self, cfg: RunConfig) -> RunConfig | None:
-        from .config import dense_parent
-
         return dense_parent(cfg)
 
     def phases(self, method, cfg):
         return method.finetune_phases(cfg)
 
     def callbacks(self, cfg, spec, model, net, total_steps):
-        from .pruning import Pruner, apply_masks, magnitude_masks
-
         # zeros already present (a resumed run) rank first, so a resume recovers the same masks
         masks = magnitude_masks(net, cfg.sparsity, cfg.oneshot_scope)
         apply_masks(net, masks)
         return [Pruner(net, masks=masks)]
 
 
-_REGISTRY: dict[str, Schedule] = {}
-
-
-def register(schedule: Schedule, replace: bool = False) -> Schedule:
-    """Add ``schedule`` under its name (``replace=True`` to redefine one, e.g. in a test)."""
-    if not isinstance(schedule, Schedule):
-        raise ScheduleError(f"register a Schedule instance; got {type(schedule).__name__}")
-    if schedule.name in _REGISTRY and not replace:
-        raise ScheduleError(f"schedule {schedule.name!r} is already registered")
-    _REGISTRY[schedule.name] = schedule
-    return schedule
-
-
-def unregister(name: str) -> None:
-    """Remove a schedule (tests that register a temporary one)."""
-    _REGISTRY.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    """Every registered schedule name (the allowed values of ``RunConfig.pruning``), in order."""
-    return tuple(_REGISTRY)
-
-
-def get(name: str) -> Schedule:
-    """The schedule registered as ``name``; an unknown name raises naming the allowed ones."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ScheduleError(f"unknown pruning schedule {name!r}; allowed: "
-                            f"{', '.join(map(repr, _REGISTRY))}") from None
+SCHEDULES.base = Schedule
+register, unregister, names, get = SCHEDULES.register, SCHEDULES.unregister, SCHEDULES.names, SCHEDULES.get
 
 
 def stages() -> tuple[str, ...]:
     """The study stages in plan order: 'dense', 'floor' (the noise floor's dense runs), then the
     stage of every registered schedule (gmp, oneshot, onset), each once."""
     out = ["dense", "floor"]
-    for s in _REGISTRY.values():
+    for s in SCHEDULES:
         if s.stage not in out:
             out.append(s.stage)
     return tuple(out)
@@ -221,13 +195,8 @@ def stages() -> tuple[str, ...]:
 
 def main_schedules() -> tuple[str, ...]:
     """The schedules every main figure compares, in registration order."""
-    return tuple(n for n, s in _REGISTRY.items() if s.main)
+    return tuple(s.name for s in SCHEDULES if s.main)
 
-
-def palette() -> dict[str, str]:
-    """Schedule colours for the plots: 'dense' and every schedule that names one."""
-    out = {"dense": _REGISTRY["none"].color} if "none" in _REGISTRY else {}
-    return out | {n: s.color for n, s in _REGISTRY.items() if n != "none" and s.color}
 
 
 register(Schedule())

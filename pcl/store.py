@@ -40,6 +40,8 @@ import torch
 
 from .config import RunConfig
 
+#: The file that marks a folder as a run store (``make clean-runs`` deletes only such folders).
+STORE_MARKER = ".pcl-store"
 RUN_FILES = ("config.json", "model.pt", "history.json", "logits.pt", "features.pt")
 #: Names a run folder uses for its own bookkeeping: never an extra file of ``finish``.
 RESERVED = ("DONE", "checkpoint.pt", "LEASE", "LEASE.log", "PUBLISH", "eval")
@@ -76,13 +78,26 @@ def _share(fd_or_path: int | str | Path, directory: bool = False) -> None:
         os.chmod(fd_or_path, mode)
 
 
+def _write_failed(path: Path, err: OSError) -> OSError:
+    """``err`` (a full disk, a lost mount) restated with the file and the run it was writing."""
+    run = next((p for p in path.parents if _is_run_hash(p.name)), None)
+    return OSError(err.errno, f"writing {path}{f' (run {run})' if run else ''} failed: {err.strerror}")
+
+
+def _is_run_hash(name: str) -> bool:
+    return len(name) == 12 and all(c in "0123456789abcdef" for c in name)
+
+
 def _write_durable(data: bytes, path: Path) -> None:
     """Write ``data`` to the new file ``path`` and flush it to disk."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise _write_failed(path, err) from err
 
 
 def _atomic_write_bytes(data: bytes, path: Path) -> None:
@@ -96,9 +111,11 @@ def _atomic_write_bytes(data: bytes, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _write_failed(path, err) from err
         raise
 
 
@@ -186,6 +203,16 @@ def read_done(run_dir: str | Path) -> dict[str, str]:
     return rec
 
 
+def read_config(run_dir: str | Path) -> RunConfig:
+    """The RunConfig in ``<run_dir>/config.json``; CorruptRunError naming the file when unreadable."""
+    p = Path(run_dir) / "config.json"
+    try:
+        return RunConfig.from_dict(json.loads(p.read_bytes()))
+    except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
+        raise CorruptRunError(f"{p} is not a readable run config ({type(err).__name__}: {err}); "
+                              f"delete {p.parent} to retrain this run") from err
+
+
 class RunStore:
     """Runs on disk, keyed by config hash. ``root`` defaults to ``$PCL_RUNS`` or ``runs/``."""
 
@@ -203,6 +230,9 @@ class RunStore:
         """Create the run folder and write its config (idempotent)."""
         d = self.path(cfg)
         d.mkdir(parents=True, exist_ok=True)
+        if not (self.root / STORE_MARKER).exists():
+            _atomic_write_bytes(b"a pcl run store (make clean-runs deletes only folders holding this file)\n",
+                                self.root / STORE_MARKER)
         if not (d / "config.json").exists():
             atomic_write_json(cfg.to_dict(), d / "config.json")
         return d
@@ -222,7 +252,8 @@ class RunStore:
         except Exception as e:  # truncated or damaged: restart cleanly rather than use it
             import warnings
 
-            warnings.warn(f"checkpoint {p} is unreadable ({type(e).__name__}); restarting the run")
+            warnings.warn(f"checkpoint {p} is unreadable ({type(e).__name__}); restarting the run",
+                          stacklevel=2)
             p.unlink(missing_ok=True)
             return None
 
@@ -280,9 +311,11 @@ class RunStore:
         try:
             if (d / "DONE").exists():
                 return
-            for name in names:
+            for name in names:  # a writer stalled past PUBLISH_STALE_AFTER stops here
+                lock.check()  # (LeaseLostError) instead of moving its files over the new writer's
                 os.replace(private / name, d / name)
             _fsync_dir(d)
+            lock.check()
             try:  # link: never replaces a DONE (none can appear while we hold the lock)
                 os.link(private / "DONE", d / "DONE")
             except FileExistsError:
@@ -335,7 +368,7 @@ class RunStore:
         return p
 
     def load_config(self, cfg: RunConfig) -> RunConfig:
-        return RunConfig.from_dict(json.loads(self._verified(cfg, "config.json").read_text()))
+        return read_config(self._verified(cfg, "config.json").parent)
 
     def load_state(self, cfg: RunConfig) -> dict:
         return torch.load(self._verified(cfg, "model.pt"), map_location="cpu", weights_only=True)
@@ -378,71 +411,7 @@ class RunStore:
 
     def finished(self, method: str | None = None) -> list[RunConfig]:
         """Configs of every finished run in the store (optionally of one method)."""
-        out = []
-        for done in sorted(self.root.glob(f"{method or '*'}/*/DONE")):
-            out.append(RunConfig.from_dict(json.loads((done.parent / "config.json").read_text())))
-        return out
+        return [read_config(done.parent) for done in sorted(self.root.glob(f"{method or '*'}/*/DONE"))]
 
     def delete(self, cfg: RunConfig) -> None:
         shutil.rmtree(self.path(cfg), ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# Is a folder a run store? (`make clean-runs` deletes one only after asking)
-#: Entries a store root may hold besides method folders: the submitit executor's default log folder.
-STORE_ROOT_EXTRAS = (".submitit", ".tables")
-
-
-def _is_run_hash(name: str) -> bool:
-    return len(name) == 12 and all(c in "0123456789abcdef" for c in name)
-
-
-def not_a_store_reason(root: str | Path) -> str | None:
-    """Why ``root`` is not a run store, or None when it is one (or is empty, or does not exist).
-
-    A run store holds only method folders (plus :data:`STORE_ROOT_EXTRAS`), and a method folder only
-    run folders named by a 12-hex-digit run hash. Checked before deleting a store wholesale, so that
-    a mistyped path (the repository, a home folder) is refused rather than removed.
-    """
-    if str(root).strip() == "":
-        return "no folder given"
-    root = Path(root)
-    if not root.exists() and not root.is_symlink():
-        return None
-    if not root.is_dir():  # a link to a folder is checked as that folder
-        return f"{root} is not a folder"
-    for entry in sorted(root.iterdir()):
-        if entry.name in STORE_ROOT_EXTRAS and entry.is_dir() and not entry.is_symlink():
-            continue
-        if entry.is_symlink() or not entry.is_dir() or entry.name.startswith("."):
-            return f"{entry} is not a method folder of runs"
-        for run in sorted(entry.iterdir()):
-            if run.is_symlink() or not run.is_dir() or not _is_run_hash(run.name):
-                return f"{run} is not a run folder (a folder named by a 12-hex-digit run hash)"
-    return None
-
-
-def is_run_store(root: str | Path) -> bool:
-    """True when ``root`` is a run store, an empty folder or absent (:func:`not_a_store_reason`)."""
-    return not_a_store_reason(root) is None
-
-
-def _main(argv: list[str] | None = None) -> int:
-    """``python -m pcl.store --is-store DIR``: exit 0 when DIR is a run store, else 1 with the reason."""
-    import argparse
-    import sys
-
-    ap = argparse.ArgumentParser(prog="python -m pcl.store",
-                                 description="Check that a folder is a run store before deleting it.")
-    ap.add_argument("--is-store", metavar="DIR", required=True,
-                    help="exit 0 when DIR is a run store (or empty, or absent), else 1")
-    a = ap.parse_args(argv)
-    reason = not_a_store_reason(a.is_store)
-    if reason is not None:
-        print(f"{a.is_store!r} is not a run store: {reason}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -10,18 +10,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
+import pandas as pd
 import torch
 
 from . import schedules
-from .config import Preset, RunConfig, get_preset
+from .config import Preset, RunConfig
+from .executors import run
+from .presets import get_preset
 from .store import RunStore
 
 
 def onset_configs(preset: Preset, method: str, seed: int) -> list[RunConfig]:
-    """The pruning-onset sweep: GMP starting at each of ``onset_begins``, fixed duration."""
-    return schedules.get("gmp").configs(preset, method, seed)
+    """The pruning-onset sweep: the configs of every schedule that declares itself the sweep
+    (``OnsetGMP``: GMP starting at each of ``onset_begins``, fixed duration)."""
+    return [c for s in schedules.SCHEDULES if s.sweep for c in s.configs(preset, method, seed)]
 
 
 def floor_seeds(preset: Preset) -> range:
@@ -74,6 +78,19 @@ def default_workers() -> int:
     return max(1, min(4, cores))
 
 
+def train_stages(ws: Workspace, stages: Sequence[str], executor: str = "local",
+                 executor_options: dict | None = None) -> list[dict]:
+    """A training notebook's one call: every run of ``stages`` (planned for the workspace's
+    preset) trained with :func:`run_all`, with a line on what was already stored and trained."""
+    configs = [c for st in stages for c in plan(ws.preset, st)]
+    print(f"{len(configs)} runs of stages {', '.join(stages)}, "
+          f"{sum(ws.store.is_done(c) for c in configs)} already stored")
+    new = run_all(configs, ws.store, ws.data_root, executor=executor, executor_options=executor_options)
+    print(f"{sum(r['trained'] for r in new)} runs trained by this call, "
+          f"{sum(not r['trained'] for r in new)} finished meanwhile by other workers")
+    return new
+
+
 def run_all(configs: list[RunConfig], store: RunStore, data_root: str | None = None,
             workers: int | None = None, progress: bool = True, executor: str = "local",
             executor_options: dict | None = None) -> list[dict]:
@@ -94,8 +111,6 @@ def run_all(configs: list[RunConfig], store: RunStore, data_root: str | None = N
     ``{'hash', 'test_acc', 'sparsity', 'trained'}`` per run not finished when called; raises
     :class:`pcl.executors.RunsFailedError` (after the other runs) when some run failed.
     """
-    from .executors import run
-
     return run(configs, store, data_root, workers or default_workers(), progress, executor,
                executor_options)
 
@@ -137,6 +152,7 @@ def workspace(preset: str = "auto", dataset: str | None = None, runs: str | Path
     ws = Workspace(p, RunStore(runs), data_root, Path(figures) / tag, Path(results) / tag)
     ws.figures.mkdir(parents=True, exist_ok=True)
     ws.results.mkdir(parents=True, exist_ok=True)
+    pd.set_option("display.width", 140)  # notebooks display wide tables
     if verbose:
         print(f"preset {name!r} ({why}); {p.label()}")
         print(f"runs: {ws.store.root}  figures: {ws.figures}  tables: {ws.results}")

@@ -31,9 +31,15 @@ from typing import Callable, Protocol
 import torch
 import torch.nn as nn
 
-from . import augment  # noqa: F401  (tests reach the eval transform as train.augment)
+from . import (
+    __version__,
+    augment,  # noqa: F401  (tests reach the eval transform as train.augment)
+    provenance,
+)
 from .config import RunConfig, resolve_device
 from .data import Dataset, Split, load_for_config
+from .determinism import CudaDeterminism
+from .divergence import DivergedError, check_config, check_epoch, param_norm
 from .methods import LossFn, PhaseSpec, ce_loss_fn, linear_head_loss_fn, supcon_loss_fn
 from .methods import get as get_method
 from .models import WideResNet, channels_last, eval_forward
@@ -71,10 +77,6 @@ class Callback(Protocol):
     def after_epoch(self, phase: str, epoch: int, row: dict) -> None: ...
 
     def after_run(self, summary: dict) -> None: ...
-
-
-class DivergedError(FloatingPointError):
-    """A training loss became NaN or infinite: the run is stopped and never marked finished."""
 
 
 @dataclass
@@ -116,9 +118,9 @@ def fit(phase: Phase, split: Split, seed: int, phase_id: int, device: torch.devi
 
     ``phase.loss_fn(x_uint8, y, generator)`` augments and returns the loss. After every optimiser
     step each callback's ``after_step(step)`` runs, after every epoch its ``after_epoch(phase,
-    epoch, row)`` (:class:`Callback`), in the phase's order. A non-finite loss raises
-    :class:`DivergedError` at the end of its epoch, before any ``after_epoch`` (so before that
-    epoch is checkpointed).
+    epoch, row)`` (:class:`Callback`), in the phase's order. A loss or weights that blow up
+    (:mod:`pcl.divergence`) raise :class:`DivergedError` at the end of their epoch, before any
+    ``after_epoch`` (so before that epoch is checkpointed).
     """
     opt = torch.optim.SGD(phase.params, lr=phase.lr, momentum=phase.momentum,
                           weight_decay=phase.weight_decay, nesterov=phase.nesterov)
@@ -132,6 +134,7 @@ def fit(phase: Phase, split: Split, seed: int, phase_id: int, device: torch.devi
     bs = min(phase.batch_size, n)
     total = spe * phase.epochs
     rows = []
+    norm0 = param_norm(phase.params)
     for epoch in range(start_epoch, phase.epochs):
         phase.train_mode()
         t0 = time.perf_counter()
@@ -151,10 +154,10 @@ def fit(phase: Phase, split: Split, seed: int, phase_id: int, device: torch.devi
             for cb in after_step:
                 cb(step + 1)
             losses[i] = loss.detach()
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad):
-            i = int(bad[0])
-            raise DivergedError(f"{run_name or 'run'}: non-finite loss {float(losses[i])} in phase "
+        diverged = check_epoch(losses, phase.params, norm0)  # pcl.divergence: the criterion
+        if diverged:
+            i, what = diverged
+            raise DivergedError(f"{run_name or 'run'}: {what} in phase "
                                 f"{phase.name!r}, epoch {epoch + 1}, step {epoch * spe + i + 1} "
                                 f"(step {i + 1} of the epoch); the run is not marked finished. "
                                 "Check the learning rate and temperature.")
@@ -199,34 +202,18 @@ def run_env(cfg: RunConfig, device: torch.device, threads: int, cudnn_benchmark:
     """Where and how a run trained (kept outside the config hash): versions, device, threads, and
     the speed options (cuDNN autotuning, a compiled network) that change results only by
     floating-point noise."""
-    import pcl
-
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         rev = None
-    return {"pcl_version": getattr(pcl, "__version__", None), "git_revision": rev,
+    return {"pcl_version": __version__, "git_revision": rev,
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
             "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                        else platform.processor() or platform.machine()),
             "device_type": device.type, "precision": cfg.precision, "threads": threads,
-            "cudnn_benchmark": bool(cudnn_benchmark), "compile": bool(compile),
-            "host": socket.gethostname()}
-
-
-class _CudnnBenchmark:
-    """Set ``torch.backends.cudnn.benchmark`` for one training, restoring it afterwards."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.old = bool(enabled), torch.backends.cudnn.benchmark
-
-    def __enter__(self) -> "_CudnnBenchmark":
-        torch.backends.cudnn.benchmark = self.enabled
-        return self
-
-    def __exit__(self, *exc) -> None:
-        torch.backends.cudnn.benchmark = self.old
+            **CudaDeterminism(device, cudnn_benchmark).record(), "compile": bool(compile),
+            "host": socket.gethostname(), "machine": provenance.machine(device)}
 
 
 def _compile_network(net: WideResNet) -> None:
@@ -265,26 +252,39 @@ def _call(callbacks, name: str, *args) -> None:
             fn(*args)
 
 
+def _stateful(callbacks: list) -> list:
+    """The callbacks with state (``state_dict``/``load_state_dict``), in the phase's order."""
+    return [cb for cb in callbacks if callable(getattr(cb, "state_dict", None))
+            and callable(getattr(cb, "load_state_dict", None))]
+
+
+def _load_states(callbacks: list, ckpt: dict) -> None:
+    """Restore every stateful callback's state from a checkpoint (older checkpoints: the pruner's)."""
+    states = ckpt.get("callbacks") or ([ckpt["pruner"]] if ckpt.get("pruner") else [])
+    for cb, state in zip(_stateful(callbacks), states, strict=False):  # old: the pruner only
+        cb.load_state_dict(state)
+
+
 class _Checkpoint:
     """``after_epoch``: measure sparsity into the row, keep the history and pruning events, and
-    save the checkpoint a resume starts from (model, optimiser, pruner, threads)."""
+    save the checkpoint a resume starts from (model, optimiser, every stateful callback, threads)."""
 
     def __init__(self, cfg: RunConfig, store: RunStore, model: nn.Module, net: WideResNet,
                  phase: Phase, history: list, events: dict, threads: int) -> None:
         self.cfg, self.store, self.model, self.net, self.phase = cfg, store, model, net, phase
         self.history, self.events, self.threads = history, events, threads
-        self.pruner = next((cb for cb in phase.callbacks if isinstance(cb, Pruner)), None)
 
     def after_epoch(self, phase: str, epoch: int, row: dict) -> None:
         row["sparsity"] = sparsity(self.net)
         self.history.append(row)
-        if self.pruner is not None:
-            self.events[phase] = self.pruner.events
+        pruner = next((cb for cb in self.phase.callbacks if isinstance(cb, Pruner)), None)
+        if pruner is not None:
+            self.events[phase] = pruner.events
         self.store.save_checkpoint(self.cfg, {
             "phase": phase, "epoch": epoch, "model": self.model.state_dict(),
             "opt": self.phase.optimizer.state_dict(), "history": self.history,
-            "pruner": self.pruner.state_dict() if self.pruner else None, "events": self.events,
-            "threads": self.threads})
+            "callbacks": [cb.state_dict() for cb in _stateful(self.phase.callbacks)],
+            "events": self.events, "threads": self.threads})
 
 
 class _Progress:
@@ -311,7 +311,7 @@ def train_run(cfg: RunConfig, store: RunStore | None = None, data: Dataset | Non
     after every step, after every epoch (after its checkpoint) and once after the run is stored.
     Speed options, recorded in ``env.json``, off by default (each changes a run's weights only by
     floating-point noise, so the bit-for-bit promise holds only with both off):
-    ``cudnn_benchmark`` sets ``torch.backends.cudnn.benchmark`` while training (CUDA: cuDNN times
+    ``cudnn_benchmark`` trades CUDA determinism (:mod:`pcl.determinism`) for autotuning (cuDNN times
     the convolution algorithms for each shape and keeps the fastest); ``compile`` trains with the
     network's trunk compiled by ``torch.compile`` (evaluation stays eager; the first steps pay the
     compile time, tens of seconds).
@@ -330,7 +330,7 @@ def train_run(cfg: RunConfig, store: RunStore | None = None, data: Dataset | Non
     threads = threads or (torch.get_num_threads() if device.type == "cuda" else 1)
     data = data or load_for_config(cfg, data_root)
     t_start = time.time()
-    with _Threads(threads), _CudnnBenchmark(cudnn_benchmark):
+    with _Threads(threads), CudaDeterminism(device, cudnn_benchmark):
         summary = _train(cfg, store, data, device, parent_state, ckpt, progress, threads,
                          list(callbacks), compile_network=compile)
     env = run_env(cfg, device, threads, cudnn_benchmark, compile) | {
@@ -374,6 +374,7 @@ def _train(cfg: RunConfig, store: RunStore, data: Dataset, device: torch.device,
         model.load_state_dict(ckpt["model"])
     run_name = (f"run {cfg.run_hash()} ({cfg.method}/{cfg.schedule}"
                 f"{'' if cfg.pruning == 'none' else f'@{cfg.sparsity}'} seed {cfg.seed})")
+    check_config(cfg, run_name)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -389,14 +390,12 @@ def _train(cfg: RunConfig, store: RunStore, data: Dataset, device: torch.device,
             if pid < resume_phase:
                 continue
             phase = build_phase(cfg, spec, model, net, train, device)
+            phase.callbacks += [_Checkpoint(cfg, store, model, net, phase, history, events, threads),
+                                *callbacks, *([_Progress(bar)] if bar is not None else [])]
             start, opt_state = 0, None
             if ckpt and pid == resume_phase:
                 start, opt_state = ckpt["epoch"], ckpt["opt"]
-                pruner = next((cb for cb in phase.callbacks if isinstance(cb, Pruner)), None)
-                if pruner is not None and ckpt.get("pruner"):
-                    pruner.load_state_dict(ckpt["pruner"])
-            phase.callbacks += [_Checkpoint(cfg, store, model, net, phase, history, events, threads),
-                                *callbacks, *([_Progress(bar)] if bar is not None else [])]
+                _load_states(phase.callbacks, ckpt)
             fit(phase, train, cfg.seed, pid, device, start_epoch=start, opt_state=opt_state,
                 run_name=run_name)
             ckpt = None

@@ -16,7 +16,7 @@ def _single_thread():
 @pytest.fixture
 def smoke():
     """The smoke preset on 200 synthetic images per split (never touches real CIFAR-10)."""
-    from pcl.config import get_preset
+    from pcl.presets import get_preset
 
     return get_preset("smoke", dataset="synthetic")
 

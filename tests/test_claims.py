@@ -1,13 +1,15 @@
-"""The seed interval (validated by simulation), the PIE counts with their floor, and each claim
-function on constructed populations whose answer is known."""
+"""The seed interval, the PIE counts with their floor, and each claim function (with its guards)
+on constructed populations whose answer is known; the simulation that validates the intervals is
+``test_claim_simulation.py``."""
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pcl import claims, intervals, metrics
-from pcl.claims import CONTRADICTED, HOLDS, UNCLEAR, Evidence
+from pcl import claim_stats, claims, intervals, metrics
+from pcl.claims import CONTRADICTED, HOLDS, NOT_DECIDED, TOO_FEW, UNCLEAR, Evidence
+from pcl.keys import PopKey
 
 K = 10
 
@@ -54,154 +56,26 @@ def test_seed_interval_rows_are_paired_and_small_populations_get_no_interval():
 
 
 # ------------------------------------------------------------------------------------------------
-# validation by simulation (PROTOCOL.md: coverage >= 90 %, width <= 2x the spread, verdicts)
-# ------------------------------------------------------------------------------------------------
-class Simulated:
-    """Simulated populations of models on fixed images.
-
-    Each image has a probability of being classified correctly (Beta, mean ``accuracy``) and a
-    confusing class that takes half of the errors; each model has its own offset (a seed's overall
-    quality). Pruning moves a fixed set of images to a lower probability (times 0.4); a pruned
-    model keeps its dense model's prediction elsewhere with probability ``pairing`` (one-shot-like)
-    and is drawn afresh otherwise (GMP-from-scratch-like).
-    """
-
-    def __init__(self, rng, shape, accuracy=0.6, pairing=0.5):
-        img = np.random.default_rng(123)  # the images are fixed; the seeds vary
-        self.rng, self.shape, self.pairing = rng, shape, pairing
-        images = shape[-1]
-        self.y = np.arange(images) % K
-        p = np.clip(img.beta(accuracy * 1.5, (1 - accuracy) * 1.5, images), 1e-3, 1 - 1e-3)
-        self.logit = np.log(p / (1 - p))
-        self.confuser = (self.y + 1 + img.integers(0, K - 1, images)) % K
-        self.order = img.permutation(images)
-
-    def draw(self, prob):
-        r, shape = self.rng, self.shape
-        wrong = np.where(r.random(shape) < 0.5, self.confuser, r.integers(0, K, shape))
-        return np.where(r.random(shape) < prob, self.y, wrong)
-
-    def dense(self):
-        """(predictions, probabilities) of a dense population."""
-        quality = self.logit + self.rng.normal(0, 0.3, self.shape[:-1] + (1,))
-        prob = 1 / (1 + np.exp(-quality))
-        return self.draw(prob), prob
-
-    def pruned(self, dense, prob, flipped, offset=0):
-        """A pruned population from ``dense``: images ``order[offset:offset + flipped]`` hit."""
-        hit = np.zeros(self.shape[-1], bool)
-        hit[self.order[offset:offset + flipped]] = True
-        return np.where(self.rng.random(self.shape) < self.pairing,
-                        np.where(hit, self.draw(prob * 0.4), dense),
-                        self.draw(np.where(hit, prob * 0.4, prob)))
-
-
-def simulate(rng, reps, n, images, flipped):
-    """``reps`` replications of a dense population, a pruned one and a noise-floor population of
-    ``n`` models each, concatenated along the image axis: (n, reps * images) predictions."""
-    sim = Simulated(rng, (reps, n, images))
-    dense, prob = sim.dense()
-    pruned, floor = sim.pruned(dense, prob, flipped), sim.dense()[0]
-    return [a.transpose(1, 0, 2).reshape(n, reps * images).astype(np.int8)
-            for a in (dense, pruned, floor)]
-
-
-def per_replication_claim1(reps, images):
-    """Claim 1's statistics (raw and floor-relative difference), one value per replication."""
-    def stat(p):
-        mode = {k: metrics.modal_labels(v, K) for k, v in p.items()}
-
-        def pies(d, x):
-            return (mode[d] != mode[x]).reshape(reps, images).sum(1)
-        a, b = pies("d_sup", "p_sup"), pies("d_ce", "p_ce")
-        fa, fb = pies("d_sup", "f_sup"), pies("d_ce", "f_ce")
-        return np.concatenate([a - b, a / fa - b / fb])
-    return stat
-
-
-def run_simulation(n, flips_sup, flips_ce, reps=200, images=1000, seed=0):
-    rng = np.random.default_rng(seed)
-    pops = {}
-    for m, f in (("sup", flips_sup), ("ce", flips_ce)):
-        pops[f"d_{m}"], pops[f"p_{m}"], pops[f"f_{m}"] = simulate(rng, reps, n, images, f)
-    iv = intervals.seed_interval(pops, per_replication_claim1(reps, images))
-    shape = (2, reps)
-    return (iv.estimate.reshape(shape), iv.low.reshape(shape), iv.high.reshape(shape))
-
-
-def test_interval_validated_by_simulation():
-    """7-seed populations, 200 replications, SupCon-like pruning flipping 3x more images than
-    CE-like. The true value is the statistic's expectation at 7 seeds, estimated by the mean over
-    the replications. For the raw and the floor-relative PIE-count difference: the 95% interval
-    covers it in >= 90% of replications, is at most 2x as wide as the statistic's spread (3.92
-    SD across replications), the verdict holds in most replications, and is contradicted in most
-    when the effect is flipped; with no effect it rarely claims one."""
-    est, low, high = run_simulation(7, 400, 100)
-    truth = est.mean(1, keepdims=True)
-    coverage = ((low <= truth) & (truth <= high)).mean(1)
-    width = (high - low).mean(1) / (3.92 * est.std(1, ddof=1))
-    assert (coverage >= 0.90).all(), coverage
-    assert (width <= 2.0).all(), width
-    assert (truth > 0).all()
-    holds = np.mean([[claims.verdict(lo, hi) == HOLDS for lo, hi in zip(lo_, hi_)]
-                     for lo_, hi_ in zip(low, high)], 1)
-    assert (holds >= 0.8).all(), holds
-
-    est, low, high = run_simulation(7, 100, 400, seed=1)  # the effect flipped
-    contradicted = np.mean([[claims.verdict(lo, hi) == CONTRADICTED for lo, hi in zip(lo_, hi_)]
-                            for lo_, hi_ in zip(low, high)], 1)
-    assert (contradicted >= 0.8).all(), contradicted
-
-    est, low, high = run_simulation(7, 250, 250, reps=100, seed=2)  # no effect
-    decided = ((low > 0) | (high < 0)).mean(1)
-    assert (decided <= 0.1).all(), decided
-
-
-def test_claim4_interval_validated_by_simulation():
-    """Claim 4 end to end on 100 simulated studies of 5 seeds: two methods x two schedules, each
-    pair hitting its own 150 of 1,000 images (PIE sets unique to their pair, plus seed noise).
-    The true value is the mean of the estimates over the replications. The deciding row's interval
-    covers it in >= 90% of replications, is at most 2x the statistic's spread, and holds."""
-    rng = np.random.default_rng(4)
-    rows = []
-    for _ in range(100):
-        sim = Simulated(rng, (5, 1000))
-        preds = {}
-        for i, m in enumerate(("ce", "supcon")):
-            dense, prob = sim.dense()
-            preds[(m, "dense", 0.0)] = dense
-            for j, s in enumerate(("gmp_early", "oneshot")):
-                preds[(m, s, 0.9)] = sim.pruned(dense, prob, 150, offset=150 * (2 * i + j))
-        ev = evidence(preds, methods=("ce", "supcon"), schedules=("gmp_early", "oneshot"))
-        rows.append([r for r in claims.claim_4(ev) if r["decides"]][0])
-    t = pd.DataFrame(rows)
-    truth = t.estimate.mean()
-    assert truth < 0
-    assert ((t.ci_low <= truth) & (truth <= t.ci_high)).mean() >= 0.90
-    assert (t.ci_high - t.ci_low).mean() <= 2 * 3.92 * t.estimate.std()
-    assert (t.verdict == HOLDS).mean() >= 0.8
-
-
-# ------------------------------------------------------------------------------------------------
 # PIE counts, floor and ties
 # ------------------------------------------------------------------------------------------------
 def test_pie_counts_hand_example():
-    dense = np.array([[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 4], [0, 1, 2, 3, 9, 5]])
-    pruned = np.array([[0, 1, 2, 9, 4, 5], [1, 1, 2, 9, 4, 5], [0, 1, 2, 9, 4, 5]])
-    floor = np.array([[0, 1, 2, 3, 4, 4], [0, 1, 2, 3, 4, 4], [0, 7, 2, 3, 4, 4]])
-    # dense modal [0, 1, 2, 3, 4, 5] (image 5 votes 5, 4, 5); no tied vote among these three models
+    dense = np.array([[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 4], [0, 1, 2, 3, 9, 5]] + [[0, 1, 2, 3, 4, 5]] * 2)
+    pruned = np.array([[0, 1, 2, 9, 4, 5], [1, 1, 2, 9, 4, 5], [0, 1, 2, 9, 4, 5]] + [[0, 1, 2, 9, 4, 5]] * 2)
+    floor = np.array([[0, 1, 2, 3, 4, 4], [0, 1, 2, 3, 4, 4], [0, 7, 2, 3, 4, 4]] + [[0, 1, 2, 3, 4, 4]] * 2)
+    # dense modal [0, 1, 2, 3, 4, 5] (image 5 votes 5, 4, 5, 5, 5); no tied vote among these models
     preds = {("ce", "dense", 0.0): dense, ("ce", "oneshot", 0.9): pruned, ("ce", "floor", 0.0): floor}
     row = claims.pie_counts(preds, K).iloc[0]
     assert row.pies == 1  # image 3
     assert row.floor == 1  # image 5 (floor modal 4)
     assert row.pies_over_floor == 1.0
     assert (row.ties_dense, row.ties_pruned, row.ties_floor) == (0, 0, 0)
-    assert row.ci_low <= row.pies <= row.ci_high and row.models == 3 and row.floor_models == 3
+    assert row.ci_low <= row.pies <= row.ci_high and row.models == 5 and row.floor_models == 5
+    assert "delete-one jackknife" in row.interval and "expected value at 5 seeds" in row.interval
     two = {("ce", "dense", 0.0): dense[:2], ("ce", "oneshot", 0.9): pruned[:2]}
     r2 = claims.pie_counts(two, K).iloc[0]
     # two models: image 0 pruned (0 vs 1) and image 5 dense (5 vs 4) are ties -> smallest class
     assert (r2.ties_dense, r2.ties_pruned) == (1, 1) and r2.pies == 2 and np.isnan(r2.floor)
-    assert np.isnan(r2.ci_low)  # two seeds: no interval
+    assert np.isnan(r2.ci_low) and "too few seeds" in r2.interval  # two seeds: no interval
 
 
 def test_tied_votes_against_brute_force():
@@ -243,14 +117,17 @@ def evidence(preds, **kw):
     return Evidence(preds=preds, num_classes=K, headline=0.9, **kw)
 
 
-def claim1_evidence(sup_flips, ce_flips, seed=0):
+MATCHED = {"supcon": 0.60, "ce": 0.61, "simclr": 0.6}
+
+
+def claim1_evidence(sup_flips, ce_flips, seed=0, accuracy=MATCHED, n=SEEDS):
     rng = np.random.default_rng(seed)
     preds = {}
     for m, f in (("supcon", sup_flips), ("ce", ce_flips)):
-        preds[(m, "dense", 0.0)] = population(rng)
-        preds[(m, "floor", 0.0)] = population(rng)
-        preds[(m, "oneshot", 0.9)] = population(rng, f)
-    return evidence(preds, methods=("ce", "supcon"))
+        preds[PopKey.dense(m)] = population(rng, n=n)
+        preds[PopKey.floor(m)] = population(rng, n=n)
+        preds[PopKey(m, "oneshot", 0.9)] = population(rng, f, n=n)
+    return evidence(preds, methods=("ce", "supcon"), accuracy=accuracy)
 
 
 def test_claim1_superset_holds_and_flips():
@@ -259,16 +136,37 @@ def test_claim1_superset_holds_and_flips():
     assert len(t) == 2 and t.decides.all()
     assert (t.verdict == HOLDS).all(), t
     assert 250 < t.estimate.iloc[0] < 350  # 300 extra PIEs, give or take the noisy images
+    # log(PIEs/floor): the floors are the ~270 noisy images, the PIEs those plus the flips
+    assert "log(PIEs/floor)" in t.statistic.iloc[1] and 0.4 < t.estimate.iloc[1] < 1.0
+    assert (t.note.str.contains("dense accuracy supcon 60.0 %, ce 61.0 %")).all()
     t = pd.DataFrame(claims.claim_1(claim1_evidence(small, big)))
     assert (t.verdict == CONTRADICTED).all(), t
 
 
+def test_claim1_guards_accuracy_gap_small_floor_and_too_few_seeds():
+    small, big = sets([100, 400], nested=True)
+    gap = pd.DataFrame(claims.claim_1(claim1_evidence(big, small, accuracy={"supcon": 0.46,
+                                                                             "ce": 0.60})))
+    assert (gap.verdict == NOT_DECIDED).all() and gap.note.str.contains("14.0 points apart").all()
+    unknown = pd.DataFrame(claims.claim_1(claim1_evidence(big, small, accuracy={})))
+    assert (unknown.verdict == NOT_DECIDED).all()
+    few = pd.DataFrame(claims.claim_1(claim1_evidence(big, small, n=4)))
+    assert (few.verdict == TOO_FEW).all()
+    # no noisy images: the floors are 0, below the validated MIN_FLOOR -> the ratio row is guarded
+    ev = claim1_evidence(big, small)
+    ev.preds = {k: np.where(np.arange(N) < NOISY, np.arange(N) % K, v) for k, v in ev.preds.items()}
+    t = pd.DataFrame(claims.claim_1(ev))
+    assert t.verdict.tolist() == [HOLDS, NOT_DECIDED] and "noise floor 0 PIEs" in t.note.iloc[1]
+    assert claims.floor_guard(claims.MIN_FLOOR, 1000) == ""
+    assert claims.floor_guard(claims.MIN_FLOOR - 1, 1000) != ""
+
+
 def test_claim1_identical_methods_cannot_be_told_apart_and_third_method():
     ev = claim1_evidence(range(300, 400), range(300, 400))
-    ev.preds.update({("ce", *k[1:]): v for k, v in ev.preds.items() if k[0] == "supcon"})
+    ev.preds.update({PopKey("ce", *k[1:]): v for k, v in ev.preds.items() if k[0] == "supcon"})
     t = pd.DataFrame(claims.claim_1(ev))
     assert (t.estimate == 0).all() and (t.verdict == UNCLEAR).all()
-    ev.preds.update({("simclr", *k[1:]): v for k, v in ev.preds.items() if k[0] == "supcon"})
+    ev.preds.update({PopKey("simclr", *k[1:]): v for k, v in ev.preds.items() if k[0] == "supcon"})
     ev.methods = ("ce", "supcon", "simclr")
     assert {c.split(",")[0] for c in pd.DataFrame(claims.claim_1(ev)).comparison} == {
         "supcon vs ce", "simclr vs ce"}
@@ -286,7 +184,7 @@ def claim2_evidence(sign, seed=0):
     qp = qd - 0.1 - sign * 0.5 * on + rng.normal(0, 0.05, (SEEDS, N))
     dd = rng.integers(0, 5, (3, N)).astype(float)
     dp = dd + sign * 2 * on + rng.integers(0, 2, (3, N))
-    keys = {"d": ("ce", "dense", 0.0), "p": ("ce", "gmp_early", 0.9)}
+    keys = {"d": PopKey.dense("ce"), "p": PopKey("ce", "gmp_early", 0.9)}
     return evidence({keys["d"]: dense, keys["p"]: pruned},
                     qscores={keys["d"]: qd, keys["p"]: qp}, depths={keys["d"]: dd, keys["p"]: dp})
 
@@ -304,93 +202,123 @@ def test_claim2_pies_carry_the_damage_and_flips():
     assert (t.verdict == CONTRADICTED).all(), t
 
 
-def test_damage_difference_by_hand():
-    dense = np.array([[0, 1, 2, 3]] * 3)
-    pruned = np.array([[0, 1, 9, 9]] * 3)  # PIEs: images 2 and 3
+def test_group_difference_by_hand():
+    mask = np.array([False, False, True, True])  # PIEs: images 2 and 3
     qd = np.ones((3, 4))
     qp = np.array([[1.0, 0.0, -1.0, np.nan]] * 3)  # deltas 0, -1, -2, (NaN left out)
-    assert claims.damage_difference(dense, pruned, qd, qp, K) == pytest.approx(-2 - (-0.5))
+    assert claim_stats.group_difference(mask, qd, qp) == pytest.approx(-2 - (-0.5))
+    batch = np.stack([qp, qp + np.array([0, 0, 1.0, 0])], 1)  # (models, 2 studies, images)
+    both = claim_stats.group_difference(np.stack([mask, mask]), np.stack([qd, qd], 1), batch)
+    assert both == pytest.approx([-1.5, -0.5])
 
 
-def onset_evidence(counts, seed=0):
-    """Onset points at begins 0.0125, 0.3875, 0.7625 with deterministic PIE sets of ``counts``
-    images (plus the noisy ones), and gmp_late with none."""
+BEGINS = (0.0125, 0.2, 0.4, 0.6)
+
+
+def onset_evidence(counts, begins=BEGINS, duration=0.2375, seed=0):
+    """Onset points at ``begins`` with deterministic PIE sets of ``counts`` images (plus the
+    noisy ones), and gmp_late with none."""
     rng = np.random.default_rng(seed)
-    begins = (0.0125, 0.3875, 0.7625)
-    labels = ("gmp_early", "gmp@0.39-0.62", "gmp@0.76-1.00")
-    preds = {("ce", "dense", 0.0): population(rng), ("ce", "gmp_late", 0.9): population(rng)}
+    preds = {PopKey.dense("ce"): population(rng), PopKey("ce", "gmp_late", 0.9): population(rng)}
     onset = {}
-    for b, lab, c in zip(begins, labels, counts):
-        preds[("ce", lab, 0.9)] = population(rng, sets([c])[0])
-        onset[("ce", lab, 0.9)] = b
+    for b, c in zip(begins, counts, strict=True):
+        key = PopKey("ce", "gmp_early" if b == begins[0] else f"gmp@{b:.2f}", 0.9)
+        preds[key] = population(rng, sets([c])[0])
+        onset[key] = (b, min(1.0, b + duration))
     return evidence(preds, onset=onset, schedules=("gmp_early", "gmp_late"))
 
 
-def test_claim3_known_slope_and_flip():
-    ev = onset_evidence((600, 400, 200))
+def test_claim3_known_slope_every_point_and_flip():
+    ev = onset_evidence((600, 466, 333, 200))
     t = pd.DataFrame(claims.claim_3(ev))
     main = t[t.decides.astype(bool)].iloc[0]
-    dense = ev.preds[("ce", "dense", 0.0)]
+    dense = ev.preds[PopKey.dense("ce")]
     counts = [claims.pie_count(dense, ev.preds[k], K) for k in sorted(ev.onset, key=ev.onset.get)]
-    assert main.estimate == pytest.approx(np.polyfit(sorted(ev.onset.values()), counts, 1)[0])
-    assert -600 < main.estimate < -470  # -400 PIEs over 0.75 of training
+    assert main.estimate == pytest.approx(np.polyfit(BEGINS, counts, 1)[0])
+    assert -800 < main.estimate < -600  # -400 PIEs over 0.59 of training
     assert main.verdict == HOLDS
-    side = t[~t.decides.astype(bool)]
+    points = t[t.statistic == "PIEs at this onset"]
+    assert points.estimate.tolist() == counts and not points.decides.any()
+    side = t[~t.decides.astype(bool) & (t.statistic != "PIEs at this onset")]
     assert len(side) == 1 and "gmp_early" in side.statistic.iloc[0]
-    t = pd.DataFrame(claims.claim_3(onset_evidence((200, 400, 600))))
+    t = pd.DataFrame(claims.claim_3(onset_evidence((200, 333, 466, 600))))
     assert t[t.decides.astype(bool)].verdict.iloc[0] == CONTRADICTED
 
 
-def claim4_evidence(unique, seed=0):
+def test_claim3_needs_four_begins_and_windows_that_end_by_085():
+    late = pd.DataFrame(claims.claim_3(onset_evidence((600, 466, 333, 200), duration=0.4)))
+    main = late[late.decides.astype(bool)].iloc[0]
+    assert main.verdict == NOT_DECIDED and "0.60-1.00" in main.note
+    three = pd.DataFrame(claims.claim_3(onset_evidence((600, 400, 200), begins=BEGINS[:3])))
+    main = three[three.decides.astype(bool)].iloc[0]
+    assert main.verdict == NOT_DECIDED and "3 onset begins (needs at least 4)" in main.note
+
+
+def claim4_evidence(kind, seed=0):
+    """Two methods x two schedules, 5 seeds; PIE sets of 300 images that are each pair's own ('unique'),
+    the same for every pair ('shared'), or CE's inside SupCon's 900 ('superset')."""
     rng = np.random.default_rng(seed)
     pairs = [(m, s) for m in ("ce", "supcon") for s in ("gmp_early", "oneshot")]
-    own = sets([300] * len(pairs)) if unique else [sets([300])[0]] * len(pairs)
-    preds = {(m, "dense", 0.0): population(rng) for m in ("ce", "supcon")}
-    for (m, s), f in zip(pairs, own):
-        preds[(m, s, 0.9)] = population(rng, f)
+    own = {"unique": sets([300] * len(pairs)), "shared": [sets([300])[0]] * len(pairs),
+           "superset": [sets([300])[0]] * 2 + [sets([900])[0]] * 2}[kind]
+    preds = {PopKey.dense(m): population(rng, n=5) for m in ("ce", "supcon")}  # the study's 5
+    for (m, s), f in zip(pairs, own, strict=True):
+        preds[PopKey(m, s, 0.9)] = population(rng, f, n=5)
     return evidence(preds, methods=("ce", "supcon"), schedules=("gmp_early", "oneshot"))
 
 
-def test_claim4_unique_pie_sets_hold_shared_do_not():
-    t = pd.DataFrame(claims.claim_4(claim4_evidence(True)))
+def test_claim4_unique_pie_sets_hold_shared_and_nested_do_not():
+    t = pd.DataFrame(claims.claim_4(claim4_evidence("unique")))
     main = t[t.decides.astype(bool)]
     assert len(main) == 1 and main.verdict.iloc[0] == HOLDS and main.estimate.iloc[0] < -0.3
     assert set(t.comparison) >= {"same schedule, another method", "same method, another schedule"}
-    floors = t[t.statistic.str.contains("random")]
-    assert (floors.verdict == HOLDS).all()  # within-pair overlap is far above chance
-    t = pd.DataFrame(claims.claim_4(claim4_evidence(False)))
-    main = t[t.decides.astype(bool)].iloc[0]
-    assert main.verdict != HOLDS and abs(main.estimate) < 0.05
+    assert t[t.statistic.str.contains("random")].verdict.iloc[0] == HOLDS  # above chance
+    assert "Jaccard" in " ".join(t.statistic)
+    for kind in ("shared", "superset"):  # a set inside a larger one is not unique to its pair
+        t = pd.DataFrame(claims.claim_4(claim4_evidence(kind)))
+        main = t[t.decides.astype(bool)].iloc[0]
+        assert main.verdict != HOLDS and abs(main.estimate) < 0.05, (kind, main)
+    jac = t[t.statistic == claim_stats.STATISTICS[6]].iloc[0]
+    assert jac.estimate < -0.2  # Jaccard would call the superset "unique" (confound 3)
 
 
 def test_overlap_helpers_against_references():
     rng = np.random.default_rng(0)
-    a, b = rng.random((3, 50)) < 0.3, rng.random((2, 50)) < 0.5
-    ref = [[metrics.pie_overlap(x, y)["jaccard"] for y in b] for x in a]
-    assert claims.jaccard_rows(a, b) == pytest.approx(np.array(ref))
-    # random sets of 200 and 300 among 1000 images: Monte Carlo mean of the Jaccard index
-    mc = np.mean([metrics.pie_overlap(np.isin(np.arange(1000), rng.choice(1000, 200, replace=False)),
-                                      np.isin(np.arange(1000), rng.choice(1000, 300, replace=False)))
-                  ["jaccard"] for _ in range(400)])
-    assert claims.random_jaccard([200], [300], 1000)[0, 0] == pytest.approx(mc, abs=0.005)
-    sp = claims.half_splits(5)
+    a, b = rng.random((3, 50)) < 0.3, rng.random((3, 50)) < 0.5
+    oc, jac = claim_stats.pairwise(a, b)
+    ref_j = [[metrics.pie_overlap(x, y)["jaccard"] for y in b] for x in a]
+    ref_o = [[(x & y).sum() / min(x.sum(), y.sum()) for y in b] for x in a]
+    assert jac == pytest.approx(np.array(ref_j)) and oc == pytest.approx(np.array(ref_o))
+    # random sets of 200 and 300 among 1000 images: Monte Carlo mean of the overlap coefficient
+    mc = np.mean([np.isin(rng.choice(1000, 200, replace=False), rng.choice(1000, 300, replace=False))
+                  .sum() / 200 for _ in range(400)])
+    assert mc == pytest.approx(300 / 1000, abs=0.01)  # max(|A|, |B|) / n, as split_overlaps uses
+    sp = claim_stats.half_splits(5)
     assert len(sp) == 15 and all(len(set(x) | set(y)) == 4 for x, y in sp)
-    assert len(claims.half_splits(30, max_splits=7)) == 7
+    assert len(claim_stats.half_splits(30, max_splits=7)) == 7
 
 
-# ------------------------------------------------------------------------------------------------
-# the table and its Markdown
-# ------------------------------------------------------------------------------------------------
-def test_run_claims_markdown_and_summary():
-    ev = claim1_evidence(*sets([400, 100], nested=True))
-    t1 = claims.run_claims(ev)
-    assert list(t1.columns) == list(claims.COLUMNS)
-    assert set(t1.verdict) <= set(claims.VERDICTS)
-    md = claims.claims_markdown(t1)
-    assert md.count("\n") == len(t1) + 1 and "**holds**" in md
-    counts = claims.pie_counts(ev.preds, K)
-    text = claims.summary_markdown(t1, counts)
-    for r in counts.itertuples():  # every PIE count appears next to its floor
-        assert f"{r.schedule} {r.pies:,}" in text and f"floor {r.floor:,.0f}" in text
-    assert "holds in all 2 comparisons" in text and "PIEs(supcon) - PIEs(ce): " in text
-    assert "Nothing" in claims.summary_markdown(None)
+def test_overlap_matrix_by_brute_force():
+    """F4's matrices: on 4 seeds every split into halves of 2 (3 of them); entry [p, q] is the mean
+    over splits of OC(half A of p, half B of q) and OC(half B of p, half A of q)."""
+    ev = claim4_evidence("unique")
+    preds = {k: v[:4] for k, v in ev.preds.items()}
+    oc, jac = claims.overlap_matrix(preds, K, 0.9)
+    names = [k for k in preds if not k.is_dense]
+    assert list(oc.index) == [f"{k.method} {k.schedule}" for k in names]
+
+    def mask(key, rows):
+        return (metrics.modal_labels(preds[PopKey.dense(key.method)][rows], K)
+                != metrics.modal_labels(preds[key][rows], K))
+    splits = [([0, 1], [2, 3]), ([0, 2], [1, 3]), ([0, 3], [1, 2])]
+    for i, p in enumerate(names):
+        for j, q in enumerate(names):
+            vals = [metrics.pie_overlap(mask(p, a), mask(q, b)) for a, b in splits]
+            vals += [metrics.pie_overlap(mask(p, b), mask(q, a)) for a, b in splits]
+            ref_o = np.mean([v["intersection"] / (v["intersection"] + min(v["only_a"], v["only_b"]))
+                             for v in vals])
+            assert oc.iloc[i, j] == pytest.approx(ref_o)
+            assert jac.iloc[i, j] == pytest.approx(np.mean([v["jaccard"] for v in vals]))
+    assert (np.diag(oc) > 0.8).all() and (oc.to_numpy()[~np.eye(4, dtype=bool)] < 0.6).all()
+    with pytest.raises(ValueError, match="no pruned population at sparsity 0.5"):
+        claims.overlap_matrix(preds, K, 0.5)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pcl.config import PRESETS, ConfigError, RunConfig, canonical, get_preset
+from pcl.config import ConfigError, RunConfig, canonical
+from pcl.presets import PRESETS, get_preset
 
 
 def _raises(match_all, **kw):
@@ -131,7 +132,8 @@ def _other_value(name: str, v):
     choices = {"method": "ce", "dataset": "cifar10", "pruning": "oneshot", "lr_schedule": "cosine",
                "head_lr_schedule": "constant", "gmp_scope": "global", "oneshot_scope": "layerwise",
                "depth": v + 6 if isinstance(v, int) else None, "lr_milestones": (0.25, 0.75),
-               "sparsity": 0.7, "gmp_begin": 0.2, "gmp_end": 0.6, "precision": "bf16"}
+               "sparsity": 0.7, "gmp_begin": 0.2, "gmp_end": 0.6, "precision": "bf16",
+               "hparams": (("head_gmp", (0.1, 0.6)),)}
     if name in choices:
         return choices[name]
     if isinstance(v, bool):

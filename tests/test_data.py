@@ -190,7 +190,7 @@ def test_folder_counts_counts_image_files_only(tmp_path):
     want = [per_class[c] for c in CIFAR_CLASSES]
     counts = D.folder_counts(tmp_path)
     assert counts["test"] == want
-    assert counts["train"] == [n + (c == "dog") for n, c in zip(want, CIFAR_CLASSES)]
+    assert counts["train"] == [n + (c == "dog") for n, c in zip(want, CIFAR_CLASSES, strict=True)]
     assert D.folder_counts(tmp_path / "nowhere") == {"train": [0] * 10, "test": [0] * 10}
 
 

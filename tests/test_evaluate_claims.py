@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pcl import claims, evaluate, study
+from pcl import claims, evaluate, reports, study
 from pcl.store import RunStore
 
 N = 6
@@ -74,12 +74,13 @@ def test_run_table_and_counts(store, smoke):
 
 def test_claims_table_on_a_store(store, smoke):
     t1 = claims.claims_table(smoke, store)  # no dataset: prediction depth left out
-    assert list(t1.columns) == list(claims.COLUMNS) and set(t1.verdict) == {claims.UNCLEAR}
+    assert list(t1.columns) == list(claims.COLUMNS) and set(t1.verdict) == {claims.TOO_FEW}
     row = t1[t1.statistic == "PIEs(gmp_early) - PIEs(gmp_late)"].iloc[0]
     assert row.estimate == 2 and not row.decides  # 2 PIEs early - 0 late; shown, does not decide
     assert t1.claim.str.startswith("2.").sum() == 2  # Q-Score rows for both schedules
-    md = claims.claims_markdown(t1)
-    assert md.count("\n") == len(t1) + 1 and "| 3. Early pruning hurts most |" in md
+    md = reports.claims_markdown(t1)
+    assert md.count("\n") == len(t1) + 3  # header, rule, rows, a blank line, the notes
+    assert "| 3. Early pruning hurts most |" in md
 
 
 def test_load_evidence_reads_per_model_arrays(store, smoke, monkeypatch):
@@ -101,7 +102,11 @@ def test_load_evidence_reads_per_model_arrays(store, smoke, monkeypatch):
     rows = {r["comparison"].split()[1]: r for r in claims.claim_2(ev) if "depth" in r["statistic"]}
     assert rows["gmp_early"]["estimate"] == 0
     assert np.isnan(rows["gmp_late"]["estimate"])  # no PIEs: nothing to compare
-    assert rows["gmp_late"]["verdict"] == claims.UNCLEAR
+    assert rows["gmp_late"]["verdict"] == claims.TOO_FEW  # two seeds
+    assert ev.accuracy == {"ce": pytest.approx(0.65)}  # dense seeds 0 and 1
+    begins = evaluate.onset_begins(smoke)  # evaluate's onset points, each with its window
+    assert {k.schedule for k in ev.onset} == set(begins) & {k.schedule for k in ev.preds}
+    assert all(w[0] == begins[k.schedule] and w[1] > w[0] for k, w in ev.onset.items())
 
 
 @pytest.mark.parametrize("low,high,greater,expected", [
@@ -131,8 +136,8 @@ def test_umap_cached_under_a_stable_key(store, smoke, monkeypatch):
 def test_study_table_is_cached_and_rebuilt_when_a_run_finishes(store, smoke, monkeypatch):
     """Computed once per set of finished runs: a second call reads the cache (the builder is not
     called again); another finished run invalidates it; the cache never makes the store invalid."""
+    from pcl.clean_runs import is_run_store
     from pcl.data import Dataset, Split
-    from pcl.store import is_run_store
 
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
     data = Dataset(train=Split(torch.zeros(6, 3, 32, 32, dtype=torch.uint8), labels),

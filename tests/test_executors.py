@@ -19,16 +19,11 @@ import torch
 
 from pcl import study
 from pcl.config import RunConfig
-from pcl.executors import (
-    RunsFailedError,
-    _Plan,
-    check_options,
-    make_submitit_executor,
-    parse_minutes,
-    parse_sbatch_extra,
-)
+from pcl.executor_options import check_options, make_submitit_executor, parse_minutes, parse_sbatch_extra
+from pcl.executors import RunsFailedError
 from pcl.lease import LEASE_NAME, read_lease, read_log
-from pcl.store import RunStore
+from pcl.plan import Plan
+from pcl.store import CorruptRunError, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = RunConfig(dataset="synthetic", synthetic_size=40, depth=10, width=1, epochs=1, batch_size=16)
@@ -118,14 +113,68 @@ def test_slurm_executor_writes_the_asked_sbatch_parameters(tmp_path, monkeypatch
 def test_oneshot_waits_for_its_parent_and_a_missing_parent_is_named(tmp_path, smoke):
     store = RunStore(tmp_path)
     dense, one = smoke.run("ce", 0), smoke.run("ce", 0, "oneshot", 0.9)
-    plan = _Plan.of([one, dense], store, stale_after=60)
+    plan = Plan.of([one, dense], store, stale_after=60)
     assert plan.ready(set()) == [dense]  # the child is held back, whatever the list order
     plan.fail(dense.run_hash(), "boom")
     plan.sweep(set())
     assert not plan.todo and "parent run" in plan.failed[one.run_hash()]
     with pytest.raises(ValueError) as ei:
-        _Plan.of([one], store, stale_after=60)
+        Plan.of([one], store, stale_after=60)
     assert dense.run_hash() in str(ei.value)
+
+
+def _finished_fake(store: RunStore, cfg: RunConfig) -> None:
+    """A finished run without training it (its files stand for a trained one)."""
+    store.finish(cfg, {"w": torch.ones(2)}, {"test_acc": 0.5, "sparsity": 0.0}, torch.zeros(2, 10),
+                 torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("damage", ["model.pt", "config.json"])
+def test_corrupt_finished_runs_are_named_or_retrained_never_skipped(tmp_path, damage):
+    """Before: run_all returned [] for a finished run whose DONE no longer verified, and a corrupt
+    config.json of a finished run was a bare JSONDecodeError without a path."""
+    store = RunStore(tmp_path)
+    cfg, other = _tiny(2)
+    for c in (cfg, other):
+        _finished_fake(store, c)
+    bad = store.path(cfg) / damage
+    bad.write_bytes(b"{ damaged")
+    with pytest.raises(CorruptRunError) as ei:
+        study.run_all([cfg, other], store, workers=1, progress=False)
+    msg = str(ei.value)
+    assert "1 finished runs" in msg and str(bad) in msg and "retrain_corrupt" in msg
+    assert str(store.path(other)) not in msg
+    if damage == "config.json":
+        with pytest.raises(CorruptRunError, match=str(bad)):
+            store.finished()
+    out = study.run_all([cfg, other], store, workers=1, progress=False,
+                        executor_options={"retrain_corrupt": True})
+    assert [(r["hash"], r["trained"]) for r in out] == [(cfg.run_hash(), True)]
+    store.verify(cfg)
+    assert len(_trainings(store, cfg)) == 1 and not _trainings(store, other)
+
+
+def test_a_failing_lease_release_never_hides_the_error_that_stopped_the_run(tmp_path, monkeypatch):
+    """Disk full: training fails with ENOSPC and the release in the finally fails too; the user
+    sees the ENOSPC (naming the file), with the release failure as a note."""
+    import errno
+
+    import pcl.lease as L
+    import pcl.train as TR
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "writing runs/ce/x/model.pt failed: No space left on device")
+
+    def release_fails(self, expected):
+        raise OSError(errno.ENOSPC, "No space left on device (release)")
+
+    monkeypatch.setattr(TR, "train_run", full)
+    monkeypatch.setattr(L.Lease, "_move_aside", release_fails)
+    from pcl.executors import train_leased
+
+    with pytest.raises(OSError, match="model.pt failed") as ei:
+        train_leased(TINY, tmp_path)
+    assert any("releasing the lease" in n for n in getattr(ei.value, "__notes__", []))
 
 
 # --- local worker processes ---------------------------------------------------------------------
@@ -288,17 +337,43 @@ def test_training_notebooks_declare_the_executor_parameters():
         assert (names <= declared) == (nb.name[:2] in ("01", "02", "03")), nb.name
 
 
+@pytest.mark.parametrize("uid, says", [("1000", "needs root"), ("0", "there is no apt-get")])
+def test_make_test_cluster_refuses_loudly_where_it_cannot_run(tmp_path, uid, says):
+    """Not root, or root without slurm and apt: cluster/run.sh says why and fails (never passes)."""
+    import shutil
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "id").write_text(f"#!/bin/sh\necho {uid}\n")
+    (bin_ / "id").chmod(0o755)
+    (bin_ / "dirname").symlink_to(shutil.which("dirname"))
+    r = subprocess.run(["/bin/bash", str(ROOT / "cluster" / "run.sh"), sys.executable],
+                       env={"PATH": str(bin_)}, capture_output=True, text=True)
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+
+
+def test_make_reproduce_passes_stale_after():
+    r = subprocess.run(["make", "-n", "reproduce", "PROFILE=smoke", "STALE_AFTER=120"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert "--stale-after 120" in r.stdout and "--stale-after" not in subprocess.run(
+        ["make", "-n", "reproduce", "PROFILE=smoke"], cwd=ROOT, capture_output=True, text=True).stdout
+
+
 def test_reproduce_command_line_becomes_notebook_parameters():
     import argparse
 
-    from pcl.executors import cluster_options
+    from pcl.executor_options import cluster_options
     from pcl.reproduce import executor_parameters
 
     ns = argparse.Namespace(executor="slurm", slurm_partition="gpu", slurm_gpus=2, slurm_time="1:00:00",
-                            slurm_array_parallelism=None, slurm_log_dir="", slurm_extra="qos=high")
+                            slurm_array_parallelism=None, slurm_log_dir="", slurm_extra="qos=high",
+                            stale_after=120.0)
     p = executor_parameters(ns)
     assert p == {"executor": "slurm", "slurm_partition": "gpu", "slurm_gpus": 2,
-                 "slurm_time": "1:00:00", "slurm_extra": "qos=high"}
+                 "slurm_time": "1:00:00", "slurm_extra": "qos=high", "stale_after": 120.0}
+    assert cluster_options("local", stale_after=120.0) == {"stale_after": 120.0}
+    with pytest.raises(ValueError, match="stale_after must be a positive"):
+        executor_parameters(argparse.Namespace(**{**vars(ns), "stale_after": -5.0}))
     assert cluster_options("slurm", "gpu", 2, "1:00:00", None, None, "qos=high") == {
         "partition": "gpu", "gpus": 2, "time": "1:00:00", "extra": "qos=high"}
     assert cluster_options("local", "gpu", 2, "1:00:00") == {}

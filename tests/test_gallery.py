@@ -30,6 +30,18 @@ FLOOR = np.array([[0, 1, 2, 0],
                   [2, 0, 2, 1]])
 # image 0: 0,0,2 -> 0 (2/3)   1: 1,1,0 -> 1 (2/3)   2: 2,2,2 -> 2 (1)   3: 0,0,1 -> 0 (2/3)
 
+# the rule applied to one configuration (what a panel shows, before its cap)
+def select_pies(images, method, schedule, sparsity, n=24):
+    gallery._check_n(n)
+    rows = gallery.config_rows(images, method, schedule, sparsity)
+    return rows["image"].to_numpy()[gallery.rank(rows, rows["pie"].to_numpy(bool))[:n]]
+
+
+def select_unique(images, lost_by, kept_by, schedule, sparsity, n=24):
+    gallery._check_n(n)
+    rows, mask = gallery.unique_mask(images, lost_by, kept_by, schedule, sparsity)
+    return rows["image"].to_numpy()[gallery.rank(rows, mask)[:n]]
+
 
 def _preds() -> dict:
     return {("a", "dense", 0.0): DENSE, ("a", "gmp_early", 0.9): PRUNED,
@@ -109,7 +121,7 @@ def test_images_table_brute_force_and_pie_mask():
         assert np.array_equal(rows.pie.to_numpy(),
                               metrics.pie_mask(preds[("m", "dense", 0.0)], preds[key], k))
         for col, p in (("pruned", preds[key]), ("dense", preds[("m", "dense", 0.0)])):
-            for i, r in zip(range(n), rows.itertuples(index=False)):
+            for i, r in zip(range(n), rows.itertuples(index=False), strict=True):
                 c = Counter(p[:, i].tolist())
                 top = max(c.values())
                 winners = sorted(v for v, m in c.items() if m == top)
@@ -142,8 +154,8 @@ def test_select_pies_hand_worked():
                [0.5, 1.0, 1.0, 0.5, 1.0, 0.75])
     # PIEs 0 (.5), 2 (1), 3 (.5), 4 (1), 5 (.75), all of different classes: by share desc, then
     # class -> 2, 4, 5, 0, 3
-    assert gallery.select_pies(t, "x", "gmp_early", 0.9, n=3).tolist() == [2, 4, 5]
-    assert gallery.select_pies(t, "x", "gmp_early", 0.9, n=24).tolist() == [2, 4, 5, 0, 3]
+    assert select_pies(t, "x", "gmp_early", 0.9, n=3).tolist() == [2, 4, 5]
+    assert select_pies(t, "x", "gmp_early", 0.9, n=24).tolist() == [2, 4, 5, 0, 3]
 
 
 def test_select_pies_round_robin_over_classes():
@@ -151,9 +163,9 @@ def test_select_pies_round_robin_over_classes():
     t = _table("x", "oneshot", [True] * 6, [1.0] * 6)
     t["label"] = [0, 0, 0, 1, 1, 2]  # a class-sorted split
     # turn 0: 0 (class 0), 3 (class 1), 5 (class 2); turn 1: 1, 4; turn 2: 2
-    assert gallery.select_pies(t, "x", "oneshot", 0.9).tolist() == [0, 3, 5, 1, 4, 2]
+    assert select_pies(t, "x", "oneshot", 0.9).tolist() == [0, 3, 5, 1, 4, 2]
     t["pruned_share"] = [1.0, 0.5, 0.5, 0.5, 1.0, 0.5]  # share first: 0, 4; then 0.5 in turns
-    assert gallery.select_pies(t, "x", "oneshot", 0.9).tolist() == [0, 4, 1, 3, 5, 2]
+    assert select_pies(t, "x", "oneshot", 0.9).tolist() == [0, 4, 1, 3, 5, 2]
 
 
 def test_select_pies_brute_force_and_row_order_invariant():
@@ -168,9 +180,9 @@ def test_select_pies_brute_force_and_row_order_invariant():
         return sum(1 for j in np.flatnonzero(pie) if share[j] == share[i] and labels[j] == labels[i]
                    and j < i)
     expect = sorted(np.flatnonzero(pie), key=lambda i: (-share[i], turn(i), labels[i], i))[:24]
-    assert gallery.select_pies(t, "x", "oneshot", 0.9).tolist() == expect
+    assert select_pies(t, "x", "oneshot", 0.9).tolist() == expect
     shuffled = t.sample(frac=1.0, random_state=1)
-    assert gallery.select_pies(shuffled, "x", "oneshot", 0.9).tolist() == expect
+    assert select_pies(shuffled, "x", "oneshot", 0.9).tolist() == expect
 
 
 def test_unique_both_directions_any_method_names():
@@ -179,7 +191,7 @@ def test_unique_both_directions_any_method_names():
     pies = {m: rng.random(n) < 0.4 for m in ("p", "q", "r")}
     share = {m: rng.choice([0.5, 1.0], n) for m in pies}
     t = pd.concat([_table(m, "gmp_late", pies[m], share[m]) for m in pies], ignore_index=True)
-    panels = gallery.unique_panels(t, 0.9, n=500)
+    panels = gallery.unique_panels(t, 0.9, ["gmp_late"], n=500)
     assert [(p.method, p.kept_by) for p in panels] == [
         ("p", "q"), ("p", "r"), ("q", "p"), ("q", "r"), ("r", "p"), ("r", "q")]
     for p in panels:
@@ -191,36 +203,36 @@ def test_unique_both_directions_any_method_names():
         def turn(i, sh=sh, lab=lab, want=want):
             return sum(1 for j in want if sh[j] == sh[i] and lab[j] == lab[i] and j < i)
         assert p.images.tolist() == sorted(want, key=lambda i: (-sh[i], turn(i), lab[i], i))
-        assert p.images.tolist()[:5] == gallery.select_unique(
+        assert p.images.tolist()[:5] == select_unique(
             t, p.method, p.kept_by, "gmp_late", 0.9, n=5).tolist()
 
 
-def test_gallery_panels_skip_floor_dense_onset_and_other_sparsity():
+def test_gallery_panels_show_the_given_schedules_at_one_sparsity():
     t = pd.concat([_table("x", s, [True, True], [1.0, 0.5]) for s in
                    ("gmp_early", "oneshot", "floor", "gmp@0.40-0.64")]
                   + [_table("x", "gmp_late", [True, False], [1.0, 1.0], sparsity=0.5)],
                   ignore_index=True)
-    panels = gallery.gallery_panels(t, 0.9)
+    panels = gallery.gallery_panels(t, 0.9, ["gmp_early", "oneshot", "gmp_late"])
     assert [p.schedule for p in panels] == ["gmp_early", "oneshot"]
     assert [p.schedule for p in gallery.gallery_panels(t, 0.9, schedules=["oneshot", "nope"])] \
         == ["oneshot"]
-    assert gallery.gallery_panels(t, 0.5)[0].images.tolist() == [0]
+    assert gallery.gallery_panels(t, 0.5, ["gmp_late"])[0].images.tolist() == [0]
 
 
 def test_caption_from_the_data():
     t = _table("x", "gmp_early", [True, False, True, True, True, True],
                [0.5, 1.0, 1.0, 0.5, 1.0, 0.75])
-    panels = gallery.gallery_panels(t, 0.9, n=3)
+    panels = gallery.gallery_panels(t, 0.9, ["gmp_early"], n=3)
     text = gallery.caption(panels)
     assert gallery.RULE in text
     assert "x, gmp_early @ 0.9: 3 of 5 shown; pruned_share 1.00 to 0.75 (2 unanimous)" in text
     assert "wrong on 3 of them" in text
     tied = t.assign(pruned_ties=[True, False, False, True, False, False])
     assert "4 of 5 shown; pruned_share 1.00 to 0.50 (2 unanimous, 1 tied)" in gallery.caption(
-        gallery.gallery_panels(tied, 0.9, n=4))
+        gallery.gallery_panels(tied, 0.9, ["gmp_early"], n=4))
     t2 = pd.concat([t, _table("y", "gmp_early", [True, False, True, False, False, False],
                               [1.0] * 6)], ignore_index=True)
-    u = gallery.caption(gallery.unique_panels(t2, 0.9))
+    u = gallery.caption(gallery.unique_panels(t2, 0.9, ["gmp_early"]))
     assert "lost by x, kept by y, gmp_early @ 0.9: 3 of 3 shown" in u
     assert "lost by y, kept by x, gmp_early @ 0.9: no unique PIEs." in u
 
@@ -228,15 +240,15 @@ def test_caption_from_the_data():
 def test_selection_bad_input():
     t = _table("x", "gmp_early", [True], [1.0])
     with pytest.raises(ValueError, match="no rows for configuration"):
-        gallery.select_pies(t, "x", "oneshot", 0.9)
+        select_pies(t, "x", "oneshot", 0.9)
     with pytest.raises(ValueError, match="positive integer"):
-        gallery.select_pies(t, "x", "gmp_early", 0.9, n=0)
+        select_pies(t, "x", "gmp_early", 0.9, n=0)
     with pytest.raises(ValueError, match="lacks columns"):
-        gallery.gallery_panels(t.drop(columns="pruned_share"), 0.9)
+        gallery.gallery_panels(t.drop(columns="pruned_share"), 0.9, ["gmp_early"])
     with pytest.raises(ValueError, match="more than once"):
-        gallery.select_pies(pd.concat([t, t]), "x", "gmp_early", 0.9)
+        select_pies(pd.concat([t, t]), "x", "gmp_early", 0.9)
     with pytest.raises(ValueError, match="different methods"):
-        gallery.select_unique(t, "x", "x", "gmp_early", 0.9)
+        select_unique(t, "x", "x", "gmp_early", 0.9)
 
 
 def test_upscale_nearest_blocks():
@@ -262,17 +274,17 @@ def test_gallery_figures_show_the_picked_images(tmp_path):
     images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
     t = pd.concat([_table(m, s, rng.random(n) < 0.5, rng.choice([0.5, 1.0], n))
                    for m in ("ce", "supcon") for s in ("gmp_early", "oneshot")], ignore_index=True)
-    panels = gallery.gallery_panels(t, 0.9, n=7)
+    panels = gallery.gallery_panels(t, 0.9, ["gmp_early", "oneshot"], n=7)
     fig = plots.fig_pie_gallery(panels, images, upscale=2)
     drawn = [ax.images[0].get_array() for sub in fig.subfigs for ax in sub.axes if ax.images]
     want = [gallery.upscale_nearest(images[i:i + 1], 2)[0] for p in panels for i in p.images]
     assert len(drawn) == len(want) == 4 * 7
-    assert all(np.array_equal(np.asarray(d), w) for d, w in zip(drawn, want))
+    assert all(np.array_equal(np.asarray(d), w) for d, w in zip(drawn, want, strict=True))
     paths = plots.save(fig, "F9_pie_gallery", tmp_path, "test")
     assert all(p.stat().st_size > 1000 for p in paths)
     plt.close(fig)
 
-    upanels = gallery.unique_panels(t, 0.9, n=5)
+    upanels = gallery.unique_panels(t, 0.9, ["gmp_early", "oneshot"], n=5)
     fig = plots.fig_unique_pies(upanels, images)
     assert sum(1 for sub in fig.subfigs for ax in sub.axes if ax.images) == \
         sum(len(p.picked) for p in upanels)

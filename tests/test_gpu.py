@@ -2,16 +2,20 @@
 
 * augmentation on CUDA equals the CPU result for the same random parameters;
 * a bf16 training step runs, and its loss matches fp32 within tolerance;
-* two runs with the same seed give identical weights;
+* two runs with the same seed give identical weights (``pcl.determinism``, recorded in env.json);
 * the k-NN on CUDA equals the CPU result (exactly: both are the exact k-NN);
 * evaluation outputs are float32, computed at float32 precision (not bf16, not TF32).
 """
 from __future__ import annotations
 
 import copy
+import json
+import os
 
 import pytest
 import torch
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any test's first cuBLAS call
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -110,10 +114,13 @@ def test_two_runs_with_one_seed_give_identical_weights(tmp_path, method):
     assert a.keys() == b.keys()
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"same config and seed, different weights in {differ[:5]}"
+    env = json.loads((RunStore(tmp_path / "a").path(cfg) / "env.json").read_text())
+    assert env["cudnn_deterministic"] and env["deterministic_algorithms"] == "warn"
+    assert env["cublas_workspace_config"] == ":4096:8"
 
 
 def test_knn_on_cuda_equals_cpu():
-    from pcl import metrics
+    from pcl import knn
 
     g = torch.Generator().manual_seed(0)
     ints = torch.randint(0, 3, (600, 3), generator=g).float()  # many exact ties
@@ -126,12 +133,12 @@ def test_knn_on_cuda_equals_cpu():
         for precision in ("highest", "high"):  # "high" lets float32 matmuls use TF32
             torch.set_float32_matmul_precision(precision)
             for tr, te, k in cases:
-                cpu = metrics.knn_neighbours(tr, te, k)
-                cuda = metrics.knn_neighbours(tr.to(CUDA), te.to(CUDA), k)
+                cpu = knn.knn_neighbours(tr, te, k)
+                cuda = knn.knn_neighbours(tr.to(CUDA), te.to(CUDA), k)
                 assert torch.equal(cuda.cpu(), cpu)
                 y = torch.arange(len(tr)) % 10
-                assert (metrics.knn_predict(tr, y, te, k=k, device=CUDA)
-                        == metrics.knn_predict(tr, y, te, k=k, device=CPU)).all()
+                assert (knn.knn_predict(tr, y, te, k=k, device=CUDA)
+                        == knn.knn_predict(tr, y, te, k=k, device=CPU)).all()
     finally:
         torch.set_float32_matmul_precision(old)
 
@@ -148,11 +155,11 @@ def test_evaluation_outputs_are_fp32():
     x = _images(200, seed=1)
     cpu = predict(net, x, CPU)
     cuda = predict(copy.deepcopy(net).to(CUDA), x, CUDA)
-    for a, b in zip(cuda, cpu):
+    for a, b in zip(cuda, cpu, strict=True):
         assert a.dtype == torch.float32 and a.device == CPU
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     taps_cpu = tap_features(net, x[:50], CPU)
     taps_cuda = tap_features(copy.deepcopy(net).to(CUDA), x[:50], CUDA)
-    for a, b in zip(taps_cuda, taps_cpu):
+    for a, b in zip(taps_cuda, taps_cpu, strict=True):
         assert a.dtype == torch.float32 and a.device == CPU
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

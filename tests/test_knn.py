@@ -1,4 +1,4 @@
-"""Exact k-NN (pcl.metrics.knn_neighbours / knn_predict) against a float64 brute force.
+"""Exact k-NN (pcl.knn.knn_neighbours / knn_predict) against a float64 brute force.
 
 The reference ranks every training point by its float64 squared distance, equal distances by index
 (a stable sort), so it is the definition knn_neighbours promises, computed the slow obvious way.
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pcl import metrics as M
+from pcl import knn as M
 
 GEMMS_HERE = [g for g in M.KNN_GEMMS
               if g != "bfloat16" or hasattr(getattr(torch.backends, "mkldnn", None), "matmul")]

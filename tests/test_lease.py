@@ -116,6 +116,35 @@ def test_half_written_lease_uses_file_time(tmp_path):
     assert Lease(p, stale_after=60).acquire()
 
 
+def test_an_unreadable_lease_is_debris_after_a_minute_whatever_stale_after(tmp_path):
+    """Before: a zero-byte lease counted as live for the whole stale_after (1,800 s by default)."""
+    p = tmp_path / LEASE_NAME
+    p.write_text("")
+    old = time.time() - 120
+    os.utime(p, (old, old))
+    assert Lease(p).acquire() and read_lease(p)["pid"] == os.getpid()
+
+
+def test_full_disk_leaves_no_lease_and_names_it(tmp_path, monkeypatch):
+    """Before: the write failed after the exclusive create, leaving an empty LEASE that blocked
+    every later worker; now the lease is complete or absent and the error names it."""
+    import errno
+
+    import pcl.lease as L
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    p = tmp_path / "run" / LEASE_NAME
+    monkeypatch.setattr(L.json, "dump", full)
+    with pytest.raises(OSError, match=rf"lease {p} failed: No space left") as ei:
+        Lease(p).acquire()
+    assert ei.value.__cause__.errno == errno.ENOSPC
+    assert list(p.parent.iterdir()) == []
+    monkeypatch.undo()
+    assert Lease(p, stale_after=1800).acquire()
+
+
 def test_bad_stale_after_is_refused(tmp_path):
     with pytest.raises(ValueError, match="stale_after"):
         Lease(tmp_path / LEASE_NAME, stale_after=0)

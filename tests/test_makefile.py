@@ -60,7 +60,7 @@ def _run_make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 def test_presets_variable_is_the_config_presets():
-    from pcl.config import PRESETS
+    from pcl.presets import PRESETS
 
     listed = re.findall(r"^PRESETS := (.*)$", MAKEFILE, flags=re.M)
     assert len(listed) == 1 and listed[0].split() == list(PRESETS)
@@ -72,7 +72,7 @@ def test_reproduce_unknown_profile_refused_before_setup(tmp_path):
                   f"RUNS={tmp_path / 'runs'}")
     assert r.returncode != 0
     assert "unknown profile 'bogus'" in r.stderr
-    from pcl.config import PRESETS
+    from pcl.presets import PRESETS
 
     allowed = r.stderr.split("allowed:")[1].splitlines()[0].split()
     assert allowed == ["auto", *PRESETS]
@@ -100,11 +100,12 @@ def _store(root: Path) -> Path:
             (root / method / h).mkdir()
             (root / method / h / "config.json").write_text("{}")
     (root / ".submitit" / "123").mkdir(parents=True)
+    (root / ".pcl-store").write_text("")  # what RunStore.begin writes
     return root
 
 
 def test_not_a_store_reason_constructed_cases(tmp_path):
-    from pcl.store import is_run_store, not_a_store_reason
+    from pcl.clean_runs import is_run_store, not_a_store_reason
 
     store = _store(tmp_path / "store")
     assert not_a_store_reason(store) is None and is_run_store(store)

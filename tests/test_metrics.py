@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from pcl import knn
 from pcl import metrics as M
 
 
@@ -160,7 +161,7 @@ def test_per_class_counts_vs_loop():
     labels = rng.integers(0, 10, size=500)
     mask = rng.random(500) < 0.3
     expected = [0] * 10
-    for m, y in zip(mask, labels):
+    for m, y in zip(mask, labels, strict=True):
         if m:
             expected[y] += 1
     out = M.per_class_counts(mask, labels, num_classes=10)
@@ -260,12 +261,12 @@ def test_knn_matches_sklearn(knn_data, k):
 
     train_x, train_y, test_x = knn_data
     ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(train_x, train_y).predict(test_x)
-    got = M.knn_predict(train_x, train_y, test_x, k=k, device="cpu")
+    got = knn.knn_predict(train_x, train_y, test_x, k=k, device="cpu")
     assert got.shape == (300,)
     np.testing.assert_array_equal(got, ref)
     # small chunks (not dividing n_test) give the same answer
     np.testing.assert_array_equal(
-        M.knn_predict(train_x, train_y, test_x, k=k, chunk_size=37, device="cpu"), ref
+        knn.knn_predict(train_x, train_y, test_x, k=k, chunk_size=37, device="cpu"), ref
     )
 
 
@@ -275,9 +276,9 @@ def test_knn_vote_tie_goes_to_smaller_class():
     test_x = np.array([[0.4], [4.0]])
     # test 0.4: neighbours 0.0 (class 2, nearest) and 1.0 (class 0) -> tie -> 0
     # test 4.0: neighbours 5.0 (class 1) and 1.0 (class 0) -> tie -> 0
-    np.testing.assert_array_equal(M.knn_predict(train_x, train_y, test_x, k=2, device="cpu"), [0, 0])
+    np.testing.assert_array_equal(knn.knn_predict(train_x, train_y, test_x, k=2, device="cpu"), [0, 0])
     # k=1: plain nearest neighbour
-    np.testing.assert_array_equal(M.knn_predict(train_x, train_y, test_x, k=1, device="cpu"), [2, 1])
+    np.testing.assert_array_equal(knn.knn_predict(train_x, train_y, test_x, k=1, device="cpu"), [2, 1])
 
 
 def test_knn_validation_and_torch_input():
@@ -285,11 +286,11 @@ def test_knn_validation_and_torch_input():
     train_x = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
     train_y = torch.arange(20) % 3
     with pytest.raises(ValueError, match="k must"):
-        M.knn_predict(train_x, train_y, train_x, k=21, device="cpu")
+        knn.knn_predict(train_x, train_y, train_x, k=21, device="cpu")
     with pytest.raises(ValueError, match="k must"):
-        M.knn_predict(train_x, train_y, train_x, k=0, device="cpu")
+        knn.knn_predict(train_x, train_y, train_x, k=0, device="cpu")
     # each training point is its own nearest neighbour
-    np.testing.assert_array_equal(M.knn_predict(train_x, train_y, train_x, k=1, device="cpu"),
+    np.testing.assert_array_equal(knn.knn_predict(train_x, train_y, train_x, k=1, device="cpu"),
                                   train_y.numpy())
 
 
@@ -297,13 +298,13 @@ def test_knn_predict_many(knn_data):
     train_x, train_y, test_x = knn_data
     taps_tr = [train_x[:, :8], train_x]
     taps_te = [test_x[:, :8], test_x]
-    out = M.knn_predict_many(taps_tr, train_y, taps_te, k=5, device="cpu")
+    out = knn.knn_predict_many(taps_tr, train_y, taps_te, k=5, device="cpu")
     assert out.shape == (2, 300)
     for t in range(2):
         np.testing.assert_array_equal(
-            out[t], M.knn_predict(taps_tr[t], train_y, taps_te[t], k=5, device="cpu"))
+            out[t], knn.knn_predict(taps_tr[t], train_y, taps_te[t], k=5, device="cpu"))
     with pytest.raises(ValueError):
-        M.knn_predict_many(taps_tr, train_y, taps_te[:1], k=5)
+        knn.knn_predict_many(taps_tr, train_y, taps_te[:1], k=5)
 
 
 # --------------------------------------------------------------------------
@@ -352,13 +353,10 @@ def test_prediction_depth_label_variant():
     probe = np.array([[1, 2], [1, 2], [1, 2]])
     final = np.array([1, 2])
     labels = np.array([0, 2])
-    np.testing.assert_array_equal(M.prediction_depth_variant(probe, final, labels, "final"), [0, 0])
+    np.testing.assert_array_equal(M.prediction_depth(probe, final), [0, 0])
     # against labels, image 0 is never right -> depth = taps = 3
-    np.testing.assert_array_equal(M.prediction_depth_variant(probe, final, labels, "label"), [3, 0])
-    np.testing.assert_array_equal(M.prediction_depth_variant(probe, final, labels, "label"),
-                                  _depth_brute(probe, labels))
-    with pytest.raises(ValueError, match="final.*label"):
-        M.prediction_depth_variant(probe, final, labels, "truth")
+    np.testing.assert_array_equal(M.prediction_depth(probe, labels), [3, 0])
+    np.testing.assert_array_equal(M.prediction_depth(probe, labels), _depth_brute(probe, labels))
     with pytest.raises(ValueError):
         M.prediction_depth(probe, final[:1])
 

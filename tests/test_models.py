@@ -9,7 +9,12 @@ import torch.nn as nn
 
 from pcl import augment
 from pcl.config import RunConfig
-from pcl.models import SupConNet, WideResNet, build_model, count_parameters, wide_resnet
+from pcl.methods import get as get_method
+from pcl.models import SupConNet, WideResNet, wide_resnet
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def _hand_count(depth: int, width: int, classes: int) -> int:
@@ -120,8 +125,8 @@ def test_supcon_project_unit_norm_and_dims():
 
 
 def test_build_model_by_method():
-    ce = build_model(RunConfig(method="ce", depth=10, width=1))
-    sc = build_model(RunConfig(method="supcon", depth=10, width=1, proj_dim=16))
+    ce = get_method("ce").build(RunConfig(method="ce", depth=10, width=1))
+    sc = get_method("supcon").build(RunConfig(method="supcon", depth=10, width=1, proj_dim=16))
     assert type(ce) is WideResNet and isinstance(sc, SupConNet)
     assert sc.head[-1].out_features == 16 and sc.net.depth == 10
 

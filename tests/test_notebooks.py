@@ -1,11 +1,12 @@
 """The notebooks: thin, parameterised, committed without outputs, and the whole chain runs."""
+import ast
 import json
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from pcl import reproduce
+from pcl import reproduce, schedules
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = reproduce.notebooks(ROOT / "notebooks")
@@ -28,6 +29,29 @@ def test_parameters_cell(path):
     src = tagged[0].source
     for name in ("preset", "dataset", "runs", "data_root", "figures", "results"):
         assert f"{name} = " in src
+
+
+def trained_stages(path: Path) -> set[str]:
+    """The stages a notebook trains: the literal stage tuples of its ``study.train_stages`` calls."""
+    out: set[str] = set()
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != "code" or "train_stages" not in cell.source:
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "train_stages":
+                out |= set(ast.literal_eval(node.args[1]))
+    return out
+
+
+def test_every_planned_stage_is_trained_by_a_notebook():
+    """make reproduce from an empty store trains every stage study.plan lists, the floor included."""
+    by_notebook = {p.name: trained_stages(p) for p in NOTEBOOKS}
+    trained = set().union(*by_notebook.values())
+    assert set(schedules.stages()) <= trained, f"no notebook trains {set(schedules.stages()) - trained}"
+    assert "floor" in by_notebook["01_train_dense.ipynb"]
+    assert trained_stages(NOTEBOOKS[3]) == set()  # evaluation notebooks train nothing
+    for p in NOTEBOOKS[:3]:
+        assert "stale_after" in reproduce.declared_parameters(p), p.name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from pcl import augment, claims, evaluate, methods, schedules, study
-from pcl.config import PRESETS, ConfigError, RunConfig, canonical, get_preset
-from pcl.losses import nt_xent_loss
+from pcl.config import ConfigError, RunConfig, canonical
+from pcl.losses import supcon_loss
 from pcl.models import SupConNet
+from pcl.presets import PRESETS, get_preset
+from pcl.registry import RegistryError
 from pcl.store import RunStore
 from pcl.train import load_model, train_run
 
@@ -46,7 +48,7 @@ def test_nt_xent_equals_a_per_anchor_loop(T, base_T):
     g = torch.Generator().manual_seed(0)
     f = F.normalize(torch.randn(7, 2, 5, generator=g), dim=2)
     expected = (T / base_T) * _nt_xent_loop(f, T)  # scaled by T / base_T like SupCon
-    assert float(nt_xent_loss(f, T, base_T)) == pytest.approx(expected, rel=1e-6)
+    assert float(supcon_loss(f, None, T, base_T)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_simclr_training_loss_is_nt_xent_of_two_views_and_ignores_labels():
@@ -108,27 +110,57 @@ def test_registry_names_and_errors():
     assert set(schedules.names()) == {"none", "gmp_early", "gmp_late", "gmp", "oneshot"}
     with pytest.raises(ConfigError, match="'sgd'.*'ce'.*'supcon'.*'simclr'"):
         RunConfig(method="sgd")
-    with pytest.raises(methods.MethodError, match="already registered"):
+    with pytest.raises(RegistryError, match="already registered"):
         methods.register(methods.Method())
-    with pytest.raises(methods.MethodError, match="like"):
+    with pytest.raises(RegistryError, match="like"):
         methods.register(methods.Method("x", like="dino"))
-    with pytest.raises(schedules.ScheduleError, match="already registered"):
+    with pytest.raises(RegistryError, match="already registered"):
         schedules.register(schedules.OneShot())
-    with pytest.raises(schedules.ScheduleError, match="'lth'.*'oneshot'"):
+    with pytest.raises(RegistryError, match="'lth'.*'oneshot'"):
         schedules.get("lth")
+    with pytest.raises(RegistryError, match="Method instance"):
+        methods.register(schedules.OneShot("x"))
 
 
-def test_unused_fields_come_from_the_registries():
-    """canonical() resets exactly the fields a method and a schedule declare unused."""
+# hand-written: which of these fields each (method, schedule) uses
+USES = {"ce": set(), "supcon": {"temperature", "head_epochs"}, "simclr": {"temperature", "head_epochs"},
+        "none": set(), "gmp_early": {"gmp_events"}, "gmp": {"gmp_begin", "gmp_end", "gmp_events"},
+        "oneshot": {"finetune_epochs"}}
+
+
+def test_fields_a_run_does_not_use_are_reset_by_ownership():
+    """canonical() keeps exactly the fields the run's method and schedule own."""
     odd = dict(temperature=0.3, head_epochs=7, finetune_epochs=9, gmp_begin=0.1, gmp_end=0.2,
                gmp_events=11)
     for m in ("ce", "supcon", "simclr"):
         for sch, s in (("none", 0.0), ("gmp_early", 0.5), ("gmp", 0.5), ("oneshot", 0.5)):
             c = canonical(RunConfig(method=m, pruning=sch, sparsity=s, **odd))
-            unused = set(methods.get(m).unused) | set(schedules.get(sch).unused)
-            for f, v in odd.items():
-                assert (getattr(c, f) == getattr(RunConfig(), f)) == (f in unused), (m, sch, f)
-    assert "temperature" in methods.get("ce").unused and not methods.get("simclr").unused
+            for f in odd:
+                assert (getattr(c, f) != getattr(RunConfig(), f)) == (f in USES[m] | USES[sch]), (m, sch, f)
+
+
+def test_entry_hparams_enter_the_hash_only_when_used_and_not_default():
+    p = get_preset("smoke", dataset="synthetic")
+    one = p.run("supcon", 0, "oneshot", 0.9)
+    assert one.hparams == () and one.hp("finetune_nesterov") is True and one.hp("head_gmp") == (0.025, 0.5)
+    # a non-default value names another run; the default is the same run as not giving it
+    assert p.run("supcon", 0, "oneshot", 0.9, finetune_momentum=0.9).run_hash() == one.run_hash()
+    moved = p.run("supcon", 0, "oneshot", 0.9, finetune_momentum=0.5)
+    assert moved.run_hash() != one.run_hash() and moved.hp("finetune_momentum") == 0.5
+    head = p.run("supcon", 0, "gmp_early", 0.9, head_gmp=(0.1, 0.6))
+    assert head.run_hash() != p.run("supcon", 0, "gmp_early", 0.9).run_hash()
+    assert RunConfig.from_dict(head.to_dict()) == head
+    # the one-shot optimiser does not belong to a GMP run, the head window not to CE
+    with pytest.raises(ConfigError, match="finetune_momentum"):
+        p.run("supcon", 0, "gmp_early", 0.9, finetune_momentum=0.5)
+    with pytest.raises(ConfigError, match="head_gmp"):
+        p.run("ce", 0, head_gmp=(0.1, 0.6))
+    with pytest.raises(ConfigError, match="tuple"):
+        RunConfig(method="supcon", hparams=(("head_gmp", 0.5),))
+    # the dense parent of a one-shot run keeps the method's hparams, drops the schedule's
+    assert moved.parent() == p.run("supcon", 0)
+    assert head.parent() is None and p.run("supcon", 0, "oneshot", 0.9, head_gmp=(0.1, 0.6)).parent() == \
+        p.run("supcon", 0, head_gmp=(0.1, 0.6))
 
 
 def test_stages_and_plan_read_the_schedule_registry():
@@ -152,10 +184,18 @@ def test_stages_and_plan_read_the_schedule_registry():
             assert order[c.parent().run_hash()] < order[c.run_hash()]
 
 
-def test_onset_begins_include_the_schedule_of_equal_length():
+def test_onset_points_are_the_planned_sweep_and_the_declared_schedules():
     p = get_preset("smoke", dataset="synthetic")
-    b = evaluate.onset_begins(p)
-    assert b == {"gmp_early": 0.0125, "gmp@0.40-0.64": 0.4}
+    assert evaluate.onset_begins(p) == {"gmp_early": 0.0125, "gmp@0.40-0.64": 0.4}
+    # a schedule with the sweep's duration joins only when declared, never by its window length
+    schedules.register(schedules.FixedGMP("gmp_same_len", fixed=(0.3, 0.5375)))
+    try:
+        q = replace(p, schedules=("gmp_early", "gmp_same_len"), onset_points_from=())
+        assert evaluate.onset_begins(q) == {"gmp@0.40-0.64": 0.4}
+        q = replace(q, onset_points_from=("gmp_same_len",))
+        assert evaluate.onset_begins(q) == {"gmp_same_len": 0.3, "gmp@0.40-0.64": 0.4}
+    finally:
+        schedules.unregister("gmp_same_len")
 
 
 # --- a toy method, defined here only, through plan -> train -> evaluate -> claims ------------------

@@ -10,7 +10,7 @@ import torch
 
 import pcl.executors as EX
 import pcl.train as TR
-from pcl.config import get_preset
+from pcl.presets import get_preset
 from pcl.store import RunStore
 
 SMOKE = get_preset("smoke", dataset="synthetic")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import pcl.train as TR
-from pcl.config import get_preset
 from pcl.data import synthetic_cifar
+from pcl.presets import get_preset
 from pcl.pruning import layer_sparsity, prunable
 from pcl.store import RUN_FILES, CorruptRunError, RunStore, atomic_save, atomic_write_json
 
@@ -333,40 +333,46 @@ def test_finish_never_overwrites_a_finished_run(tmp_path):
     assert not [p for p in store.path(CE).iterdir() if p.name.endswith(".tmp")]
 
 
-def test_concurrent_finishes_never_mix_files_nor_fail_readers(tmp_path):
-    """Eight writers finish the same run at once while a reader verifies it: one writer's files."""
+def _race(store: RunStore) -> list[BaseException]:
+    """Eight writers finish CE in ``store`` at once while a reader verifies it; their errors."""
     import threading
 
+    errors: list[BaseException] = []
+    go = threading.Barrier(9)
+
+    def write(i):
+        go.wait()
+        try:
+            store.finish(CE, *_fake_outputs(i), env={"writer": i})
+        except BaseException as e:
+            errors.append(e)
+
+    def read():
+        go.wait()
+        t_end = time.time() + 3
+        while time.time() < t_end:
+            if store.is_done(CE):
+                try:
+                    store.verify(CE)
+                except BaseException as e:  # a false CorruptRunError would land here
+                    errors.append(e)
+                return
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    threads.append(threading.Thread(target=read))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_concurrent_finishes_never_mix_files_nor_fail_readers(tmp_path):
+    """Eight writers finish the same run at once while a reader verifies it: one writer's files."""
     for rnd in range(4):
         store = RunStore(tmp_path / str(rnd))
         store.begin(CE)
-        errors: list[BaseException] = []
-        go = threading.Barrier(9)
-
-        def write(i):
-            go.wait()
-            try:
-                store.finish(CE, *_fake_outputs(i), env={"writer": i})
-            except BaseException as e:
-                errors.append(e)
-
-        def read():
-            go.wait()
-            t_end = time.time() + 3
-            while time.time() < t_end:
-                if store.is_done(CE):
-                    try:
-                        store.verify(CE)
-                    except BaseException as e:  # a false CorruptRunError would land here
-                        errors.append(e)
-                    return
-
-        threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
-        threads.append(threading.Thread(target=read))
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = _race(store)
         assert not errors, errors
         store.verify(CE)
         writers = _writers_of(store, CE)
@@ -437,3 +443,61 @@ def test_files_are_shared_as_the_umask_allows(tmp_path):
     store.finish(CE, *_fake_outputs(1))
     for p in store.path(CE).iterdir():
         assert p.stat().st_mode & 0o777 == 0o666 & ~_UMASK, p.name
+
+
+def test_a_stalled_publisher_never_overwrites_the_writer_that_took_over(tmp_path, monkeypatch):
+    """Writer 1 stalls after moving its first file, past PUBLISH_STALE_AFTER; writer 2 takes the
+    publish lock over and publishes. Before: writer 1 then moved its other files over writer 2's
+    (verify() failed); now it stops (LeaseLostError) and writer 2's run stays intact."""
+    import pcl.store as S
+    from pcl.lease import LeaseLostError
+
+    store = RunStore(tmp_path)
+    store.begin(CE)
+    real = os.replace
+    calls = {"n": 0}
+
+    def stall_then_lose(src, dst):
+        real(src, dst)
+        calls["n"] += 1
+        if calls["n"] == 1:  # writer 1's first file is in place; it stalls here for "an hour"
+            lock = store.path(CE) / "PUBLISH"
+            info = json.loads(lock.read_text())
+            lock.write_text(json.dumps(info | {"time": info["time"] - 3600, "host": "stalled"}))
+            monkeypatch.setattr(S.os, "replace", real)
+            store.finish(CE, *_fake_outputs(2))  # writer 2, meanwhile
+
+    monkeypatch.setattr(S.os, "replace", stall_then_lose)
+    with pytest.raises(LeaseLostError, match="PUBLISH"):
+        store.finish(CE, *_fake_outputs(1))
+    store.verify(CE)
+    assert _writers_of(store, CE) == {2}
+
+
+def test_disk_full_names_the_file_and_keeps_the_cause(tmp_path, monkeypatch):
+    import errno
+
+    import pcl.store as S
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = RunStore(tmp_path)
+    store.begin(CE)
+    monkeypatch.setattr(S.os, "fsync", full)
+    with pytest.raises(OSError, match=rf"writing {store.path(CE)}/\S+ \(run {store.path(CE)}\) "
+                                      rf"failed: No space left") as ei:
+        store.finish(CE, *_fake_outputs(1))
+    assert ei.value.__cause__.errno == errno.ENOSPC and not store.is_done(CE)
+
+
+def test_store_marker_recognises_a_store_and_not_a_folder_of_empty_folders(tmp_path):
+    """Before: a folder holding only empty subfolders passed as a run store (make clean-runs)."""
+    from pcl.clean_runs import not_a_store_reason
+
+    fake = tmp_path / "fake"
+    (fake / "photos" / "0123456789ab").mkdir(parents=True)
+    assert ".pcl-store marker" in not_a_store_reason(fake)
+    store = RunStore(tmp_path / "runs")
+    store.begin(CE)
+    assert (store.root / ".pcl-store").is_file() and not_a_store_reason(store.root) is None

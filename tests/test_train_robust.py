@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pcl.train as TR
-from pcl.config import get_preset
+from pcl.presets import get_preset
 from pcl.store import RunStore
 
 SMOKE = get_preset("smoke", dataset="synthetic")
@@ -21,14 +21,43 @@ def _train(cfg, store, **kw):
 
 @pytest.mark.parametrize("cfg", [
     replace(CE, lr=1e30),  # overflows to inf within a step or two
-    replace(SMOKE.run("supcon", 0), temperature=1e-40),  # z.z/T overflows fp32: inf - inf
-], ids=["ce-lr-overflow", "supcon-temperature"])
+    replace(SMOKE.run("supcon", 0), base_temperature=1e-40),  # the loss scale overflows fp32
+], ids=["ce-lr-overflow", "supcon-base-temperature"])
 def test_non_finite_loss_stops_run_and_leaves_it_unfinished(cfg, tmp_path):
     store = RunStore(tmp_path)
     with pytest.raises(TR.DivergedError, match=rf"run {cfg.run_hash()}.*epoch 1, step \d+"):
         _train(cfg, store)
     assert not store.is_done(cfg)
     assert not (store.path(cfg) / "checkpoint.pt").exists()  # the diverged epoch is not kept
+
+
+@pytest.mark.parametrize("kw, what", [
+    ({"base_temperature": 1e-8}, r"exploding \(> 1e\+06\) loss 2\.\d+e\+08 in phase 'train', epoch 1, "
+                                 r"step 1 "),
+    ({"temperature": 1e-8}, r"temperature 1e-08 makes logits up to 1/temperature = 1e\+08"),
+], ids=["base-temperature", "temperature"])
+def test_finite_blow_up_is_divergence_not_a_finished_run(kw, what, tmp_path):
+    """Finite but meaningless SupCon runs: before pcl.divergence both were stored as DONE (loss
+    ~2.4e8 and weights ~1e18; chance accuracy at a small loss)."""
+    cfg = replace(SMOKE.run("supcon", 0), **kw)
+    store = RunStore(tmp_path)
+    with pytest.raises(TR.DivergedError, match=rf"run {cfg.run_hash()}.*{what}"):
+        _train(cfg, store)
+    assert not store.is_done(cfg) and not (store.path(cfg) / "checkpoint.pt").exists()
+
+
+def test_exploding_weights_with_a_finite_loss_are_divergence():
+    """Hand-made epoch: a sane loss stream, but weights 2,000 x their norm at the phase start."""
+    from pcl.divergence import check_epoch
+
+    w = [torch.full((4,), 0.5)]  # norm 1
+    assert check_epoch(torch.tensor([2.3, 2.2]), w, norm0=1.0) is None
+    assert check_epoch(torch.tensor([2.3, 2e6]), w, 1.0) == (1, "exploding (> 1e+06) loss 2e+06")
+    assert check_epoch(torch.tensor([float("nan"), 1.0]), w, 1.0)[0] == 0
+    w[0].mul_(2000)
+    step, what = check_epoch(torch.tensor([2.3, 2.2]), w, norm0=1.0)
+    assert step == 1 and "exploding weights (parameter norm 2e+03" in what
+    assert check_epoch(torch.tensor([2.3, 2.2]), w, norm0=3.0) is None  # 2000/3 < 1000-fold
 
 
 def test_divergence_names_the_first_bad_step(tmp_path, monkeypatch):
