@@ -371,7 +371,7 @@ def bench_knn(n_train: int, n_test: int, device: torch.device, threads: int, clo
         for fn in paths.values():
             fn(xtr[:warm], ytr[:warm], xte[:8])
         for name, fn in paths.items():
-            preds[name], secs[name], wall[name] = clock.time(lambda: fn(xtr, ytr, xte))
+            preds[name], secs[name], wall[name] = clock.time(lambda fn=fn: fn(xtr, ytr, xte))
     refs = [r for r in ("faiss", "sklearn") if r in secs]
     fastest = min(refs, key=lambda r: secs[r])
     out = {"n_train": n_train, "n_test": n_test, "dim": KNN_DIM, "k": K, "threads": threads,
@@ -405,7 +405,7 @@ def bench_eval(n_images: int, batches: tuple[int, ...], device: torch.device, cl
     rows = []
     for bs in batches:
         for name, fn in forwards.items():
-            _, t, wall = clock.time(lambda: fn(bs))
+            _, t, wall = clock.time(lambda fn=fn, bs=bs: fn(bs))
             rows.append({"forward": name, "batch": bs, "seconds": t, "wall_seconds": wall,
                          "img_s": n_images / t})
     best = {f: max((r for r in rows if r["forward"] == f), key=lambda r: r["img_s"])["batch"]
@@ -575,7 +575,7 @@ def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespac
     try:
         args.eval_batches = tuple(int(b) for b in str(args.eval_batches).split(",") if b.strip())
     except ValueError:
-        raise SystemExit(f"--eval-batches: a comma list of integers, got {args.eval_batches!r}")
+        raise SystemExit(f"--eval-batches: a comma list of integers, got {args.eval_batches!r}") from None
     if not args.eval_batches or min(args.eval_batches) < 1:
         raise SystemExit(f"--eval-batches: positive integers, got {args.eval_batches}")
     return args

@@ -59,7 +59,7 @@ def main() -> None:
     store = RunStore(a.runs)
     run_all(configs, store, data_root=a.data, workers=a.workers)
     rows = []
-    for (name, method, kw), cfg in zip(variants, configs):
+    for (name, method, kw), cfg in zip(variants, configs, strict=True):
         d = store.path(cfg)
         hist = json.loads((d / "history.json").read_text())
         env = json.loads((d / "env.json").read_text())

@@ -7,7 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import submitit
+try:  # optional: only the submitit executors need it (see pcl.executors)
+    import submitit
+except ImportError:  # pragma: no cover
+    submitit = None
 
 EXECUTORS = ("local", "submitit-local", "slurm")
 #: executor_options every executor understands
@@ -120,6 +123,9 @@ def cluster_options(executor: str = "local", partition: str | None = None, gpus:
 
 def make_submitit_executor(kind: str, folder: str | Path, opts: dict) -> Any:
     """A configured submitit executor for ``kind`` ('submitit-local' or 'slurm')."""
+    if submitit is None:
+        raise ImportError(f"executor {kind!r} needs submitit, which is not installed: "
+                          "`pip install submitit`, or use executor='local'")
     requeues = int(opts.get("max_requeues", 20))
     if kind == "submitit-local":
         import torch

@@ -14,13 +14,12 @@ Executors (``run(..., executor=...)``):
   also watches its parent id, and on that signal releases its lease and exits.
 * ``submitit-local``: submitit's ``LocalExecutor``; each run a real job in its own process.
 * ``slurm``: submitit's ``SlurmExecutor``; runs go out as job arrays. A job that is pre-empted or
-  reaches its time limit is requeued by submitit (the submitted :class:`TrainJob` is
-  ``Checkpointable``) and resumes from the run's last epoch checkpoint. A job SLURM no longer
-  lists that left no result (cancelled, killed) fails its run, naming its log.
+  reaches its time limit is requeued by submitit (:class:`TrainJob` is ``Checkpointable``) and
+  resumes from its last epoch checkpoint. A job SLURM no longer lists that left no result
+  (cancelled, killed) fails its run, naming its log. submitit is needed only by these two.
 
-Runs whose parent run (``cfg.parent()``, the dense run a one-shot run starts from) is not finished
-are held back until it is. One progress bar counts finished runs; stopping and calling again picks
-up what finished and submits only what is missing.
+Runs whose parent (``cfg.parent()``: a one-shot run's dense run) is not finished wait for it. One
+progress bar counts finished runs; calling again submits only what is missing.
 """
 from __future__ import annotations
 
@@ -36,7 +35,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterable
 
-import submitit
+try:  # optional: only the submitit executors need it, and a prepared GPU image may lack it
+    import submitit
+except ImportError:
+    submitit = None
 
 from .config import RunConfig
 from .executor_options import check_options, make_submitit_executor, task_options
@@ -124,13 +126,13 @@ def job_token() -> str | None:
     """The identity of the submitit job this process runs in (the same after a requeue), or None."""
     try:
         env = submitit.JobEnvironment()
-    except RuntimeError:
+    except (RuntimeError, AttributeError):  # not in a job; AttributeError: submitit not installed
         return None
     host = env.hostname if env.cluster == "local" else ""
     return f"{env.cluster}:{host}:{env.job_id}"
 
 
-class TrainJob(submitit.helpers.Checkpointable):
+class TrainJob(submitit.helpers.Checkpointable if submitit else object):
     """The callable submitted as a job: trains one run under its lease.
 
     Checkpointable: when its job is pre-empted or times out, submitit pickles this object again and
