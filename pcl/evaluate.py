@@ -178,13 +178,16 @@ def onset_begins(preset: Preset) -> dict[str, float]:
 
 def onset_table(runs: pd.DataFrame, counts: pd.DataFrame, preset: Preset) -> pd.DataFrame:
     """The pruning-onset curve at ``onset_sparsity``: one row per (method, begin) with the mean
-    accuracy and the PIE count, over the points :func:`onset_begins` names."""
+    accuracy and the PIE count (with its interval when ``counts`` has one), over the points
+    :func:`onset_begins` names."""
     s = preset.onset_sparsity
     acc = runs[runs.sparsity == s].groupby(["method", "schedule"], as_index=False).test_acc.mean()
     d = acc.merge(counts[counts.sparsity == s], on=["method", "schedule"])
     begins = onset_begins(preset)
     d = d[d.schedule.isin(begins)].assign(begin=lambda x: x.schedule.map(begins))
-    return d[["method", "schedule", "begin", "sparsity", "pies", "test_acc"]].sort_values(
+    cols = ["method", "schedule", "begin", "sparsity", "pies"]
+    cols += [c for c in ("ci_low", "ci_high") if c in d] + ["test_acc"]
+    return d[cols].sort_values(
         ["method", "begin"], ignore_index=True)
 
 

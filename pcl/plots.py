@@ -302,8 +302,10 @@ def fig_schedules(runs: pd.DataFrame, counts: pd.DataFrame, sparsity: float,
     ms = style.method_order({*c.method, *d.method})
     if ncols == 3:
         for m, g in onset.sort_values("begin").groupby("method"):
-            axes[2].plot(g.begin, g.pies, marker="o", color=style.method_colors(ms)[m])
-        axes[2].set(title="pruning onset sweep", xlabel="GMP begin (fraction of training)",
+            err = [g.pies - g.ci_low, g.ci_high - g.pies] if "ci_low" in g else None
+            axes[2].errorbar(g.begin, g.pies, yerr=err, marker="o", capsize=3,
+                             color=style.method_colors(ms)[m])
+        axes[2].set(title="onset sweep (interval over seeds)", xlabel="GMP begin (fraction of training)",
                     ylabel="number of PIEs")
     mains = _mains([*c.schedule, *d.schedule])
     style.legend(fig, ms, mains)
@@ -327,8 +329,8 @@ def fig_training_curves(histories: dict[str, dict]) -> plt.Figure:
             g = e[e.phase == phase]
             ax.plot(g.epoch, g.loss, marker=".", color=colours[label])
             ax.set(title=f"{label}: {phase} (test acc {h['test_acc']:.3f})", xlabel="epoch",
-                   ylabel="training loss")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                   ylabel="training loss", xlim=(g.epoch.min() - 0.5, g.epoch.max() + 0.5))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             if "sparsity" in g and g.sparsity.max() > 0:
                 tw = ax.twinx()
                 tw.plot(g.epoch, g.sparsity, ":", color="0.5")
