@@ -42,7 +42,9 @@ def _cfg(seed: int, n: int = 40, epochs: int = 1) -> RunConfig:
 
 CHILDREN = [replace(_cfg(s), pruning="oneshot", sparsity=0.5) for s in (0, 1)]
 DENSE = [c.parent() for c in CHILDREN]
-REQUEUED, CANCELLED, TIMED_OUT = _cfg(10, 200, 8), _cfg(11, 200, 12), _cfg(12, 200, 90)
+# long enough that an idle machine cannot finish them between their first checkpoint and the
+# scontrol/scancel that follows it (12 epochs did: the cancelled run finished first)
+REQUEUED, CANCELLED, TIMED_OUT = _cfg(10, 200, 40), _cfg(11, 200, 60), _cfg(12, 200, 90)
 ORPHANED = [_cfg(s, 200, 4) for s in (20, 21)]
 SHARED = [_cfg(s) for s in (30, 31, 32)]
 
@@ -165,9 +167,9 @@ def test_requeued_job_resumes_and_cancelled_job_is_reported_then_finished(tmp_pa
     thread, box = _in_thread(_slurm, [REQUEUED, CANCELLED], store)
     _wait("both runs checkpointed an epoch", lambda: all(
         _checkpointed(store, c)() for c in (REQUEUED, CANCELLED)))
-    subprocess.run(["scontrol", "requeue", _job(store, REQUEUED)], check=True)
     cancelled = _job(store, CANCELLED)
     subprocess.run(["scancel", cancelled], check=True)
+    subprocess.run(["scontrol", "requeue", _job(store, REQUEUED)], check=True)
     thread.join(WAIT)
     err = box.get("err")
     assert isinstance(err, RunsFailedError) and list(err.failures) == [CANCELLED.run_hash()], box
