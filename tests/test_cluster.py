@@ -43,8 +43,9 @@ def _cfg(seed: int, n: int = 40, epochs: int = 1) -> RunConfig:
 CHILDREN = [replace(_cfg(s), pruning="oneshot", sparsity=0.5) for s in (0, 1)]
 DENSE = [c.parent() for c in CHILDREN]
 # long enough that an idle machine cannot finish them between their first checkpoint and the
-# scontrol/scancel that follows it (12 epochs did: the cancelled run finished first)
-REQUEUED, CANCELLED, TIMED_OUT = _cfg(10, 200, 40), _cfg(11, 200, 60), _cfg(12, 200, 90)
+# scontrol/scancel or time-limit cut that follows it (12 epochs, and 90 epochs of 200 images for
+# the time limit, did: those runs finished first)
+REQUEUED, CANCELLED, TIMED_OUT = _cfg(10, 200, 40), _cfg(11, 200, 60), _cfg(12, 2000, 90)
 ORPHANED = [_cfg(s, 200, 4) for s in (20, 21)]
 SHARED = [_cfg(s) for s in (30, 31, 32)]
 
