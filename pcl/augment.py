@@ -1,8 +1,6 @@
-"""Augmentation of whole batches of uint8 images, every image with its own random parameters.
-
-All functions take ``(B, 3, H, W)`` tensors on any device and a ``torch.Generator`` on that
-device, and contain no per-image Python: parameters are drawn as ``(B,)`` tensors and applied by
-broadcasting, gathering, or one ``roi_align`` call (the random resized crop).
+"""Augmentation of whole batches, every image with its own random parameters (docs/PROTOCOL.md,
+"Data"): ``(B, 3, H, W)`` tensors and a ``torch.Generator`` on any one device, no per-image Python
+(parameters are ``(B,)`` tensors applied by broadcasting, gathering or one ``roi_align`` call).
 """
 from __future__ import annotations
 
@@ -13,12 +11,6 @@ from torchvision.ops import roi_align
 
 from .data import MEAN, STD
 
-_GRAY = (0.299, 0.587, 0.114)
-
-
-def _rand(n: int, g: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device)
-
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float32 [0, 1]."""
@@ -27,8 +19,7 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """Per-channel CIFAR-10 normalisation of float [0, 1] images."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) for v in (MEAN, STD))
     return (x - mean) / std
 
 
@@ -47,37 +38,29 @@ def random_crop(x: torch.Tensor, g: torch.Generator, padding: int = 4) -> torch.
 
 def random_flip(x: torch.Tensor, g: torch.Generator, dim: int = 3, p: float = 0.5) -> torch.Tensor:
     """Flip each image along ``dim`` (3: horizontal, 2: vertical) with probability ``p``."""
-    flip = (_rand(x.shape[0], g, x.device) < p).view(-1, 1, 1, 1)
+    flip = (torch.rand(x.shape[0], generator=g, device=x.device) < p).view(-1, 1, 1, 1)
     return torch.where(flip, x.flip(dim), x)
 
 
 def resized_crop_boxes(b: int, h: int, w: int, g: torch.Generator, device,
                        scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), tries: int = 10) -> torch.Tensor:
-    """RandomResizedCrop's boxes, ``(b, 4)`` as (x1, y1, x2, y2) in pixels.
-
-    As torchvision: up to ``tries`` draws of (area, log-uniform aspect ratio) per image, the first
-    that fits wins; if none fits, a centre crop clamped to the allowed ratio.
-    """
+    """RandomResizedCrop's boxes, ``(b, 4)`` as (x1, y1, x2, y2) in pixels. As torchvision: up to
+    ``tries`` draws of (area, log-uniform aspect ratio) per image, the first that fits wins; if none
+    fits, a centre crop clamped to the allowed ratio."""
     area = h * w
     s = scale[0] + (scale[1] - scale[0]) * torch.rand(b, tries, generator=g, device=device)
-    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand(
-        b, tries, generator=g, device=device)
-    r = torch.exp(logr)
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    r = torch.exp(lo + (hi - lo) * torch.rand(b, tries, generator=g, device=device))
     cw = torch.sqrt(s * area * r).round()
     ch = torch.sqrt(s * area / r).round()
     ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-    first = torch.argmax(ok.int(), dim=1)  # first fitting try (0 if none fits)
+    first = torch.argmax(ok.int(), dim=1, keepdim=True)  # first fitting try (0 if none fits)
     any_ok = ok.any(dim=1)
-    cw = cw.gather(1, first[:, None]).squeeze(1)
-    ch = ch.gather(1, first[:, None]).squeeze(1)
     # fallback: centre crop at the nearest allowed ratio
-    in_ratio = w / h
-    fw = float(w) if ratio[0] <= in_ratio <= ratio[1] else (
-        float(w) if in_ratio > ratio[1] else round(h * ratio[0]))
-    fh = float(h) if ratio[0] <= in_ratio <= ratio[1] else (
-        round(w / ratio[1]) if in_ratio > ratio[1] else float(h))
-    cw = torch.where(any_ok, cw, torch.full_like(cw, fw))
-    ch = torch.where(any_ok, ch, torch.full_like(ch, fh))
+    fw = round(h * ratio[0]) if w / h < ratio[0] else w
+    fh = round(w / ratio[1]) if w / h > ratio[1] else h
+    cw = torch.where(any_ok, cw.gather(1, first).squeeze(1), float(fw))
+    ch = torch.where(any_ok, ch.gather(1, first).squeeze(1), float(fh))
     u = torch.rand(b, 2, generator=g, device=device)
     x1 = torch.floor(u[:, 0] * (w - cw + 1)).clamp(max=w - cw)
     y1 = torch.floor(u[:, 1] * (h - ch + 1)).clamp(max=h - ch)
@@ -88,11 +71,9 @@ def resized_crop_boxes(b: int, h: int, w: int, g: torch.Generator, device,
 
 def random_resized_crop(x: torch.Tensor, g: torch.Generator, size: int = 32,
                         scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
-    """Per-image random resized crop of float images, bilinear, in one ``roi_align`` call.
-
-    One sample per output pixel (``sampling_ratio=1``, ``aligned=True``) is plain bilinear
-    interpolation, as torchvision's ``resized_crop`` (crops are upsampled here, so antialiasing
-    plays no part)."""
+    """Per-image random resized crop of float images in one ``roi_align`` call: one sample per output
+    pixel (``sampling_ratio=1``, ``aligned=True``) is torchvision's bilinear ``resized_crop``
+    (crops are upsampled here, so antialiasing plays no part)."""
     b, _, h, w = x.shape
     boxes = resized_crop_boxes(b, h, w, g, x.device, scale, ratio)
     rois = torch.cat([torch.arange(b, device=x.device, dtype=x.dtype)[:, None], boxes.to(x.dtype)], 1)
@@ -101,14 +82,13 @@ def random_resized_crop(x: torch.Tensor, g: torch.Generator, size: int = 32,
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """ITU-R 601 luma, (B, 1, H, W)."""
-    wts = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    wts = torch.tensor((0.299, 0.587, 0.114), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * wts).sum(1, keepdim=True)
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
+    maxc, minc = x.amax(1), x.amin(1)
     delta = maxc - minc
     s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
     dc = delta.clamp_min(1e-12)
@@ -124,38 +104,33 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     f = h * 6.0 - i
     i = i.long() % 6
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    r = torch.stack([v, q, p, p, t, v], 1).gather(1, i[:, None]).squeeze(1)
-    gg = torch.stack([t, v, v, q, p, p], 1).gather(1, i[:, None]).squeeze(1)
-    b = torch.stack([p, p, t, v, v, q], 1).gather(1, i[:, None]).squeeze(1)
-    return torch.stack([r, gg, b], 1)
+    rgb = ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))  # each by hue sector i
+    return torch.stack([torch.stack(c, 1).gather(1, i[:, None]).squeeze(1) for c in rgb], 1)
 
 
 def color_jitter(x: torch.Tensor, g: torch.Generator, brightness=0.4, contrast=0.4,
                  saturation=0.4, hue=0.1, p: float = 0.8) -> torch.Tensor:
-    """torchvision-style colour jitter, per image, applied to each image with probability ``p``.
-
-    Order: brightness, contrast, saturation, hue (fixed; torchvision shuffles the order per call).
-    """
+    """torchvision-style colour jitter, per image, applied to each image with probability ``p``, in
+    a fixed order: brightness, contrast, saturation, hue (torchvision shuffles it per call)."""
     b, dev = x.shape[0], x.device
 
     def factor(amount: float) -> torch.Tensor:
-        return (1 - amount + 2 * amount * _rand(b, g, dev)).view(b, 1, 1, 1)
+        return (1 - amount + 2 * amount * torch.rand(b, generator=g, device=dev)).view(b, 1, 1, 1)
 
     y = (x * factor(brightness)).clamp(0, 1)
     mean = grayscale(y).mean(dim=(2, 3), keepdim=True)
     y = (mean + factor(contrast) * (y - mean)).clamp(0, 1)
     gray = grayscale(y)
     y = (gray + factor(saturation) * (y - gray)).clamp(0, 1)
-    shift = (2 * hue * _rand(b, g, dev) - hue).view(b, 1, 1)
-    hsv = _rgb_to_hsv(y)
-    hsv = torch.stack([(hsv[:, 0] + shift) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
-    y = _hsv_to_rgb(hsv).clamp(0, 1)
-    apply = (_rand(b, g, dev) < p).view(b, 1, 1, 1)
+    shift = (2 * hue * torch.rand(b, generator=g, device=dev) - hue).view(b, 1, 1)
+    h, s, v = _rgb_to_hsv(y).unbind(1)
+    y = _hsv_to_rgb(torch.stack([(h + shift) % 1.0, s, v], 1)).clamp(0, 1)
+    apply = (torch.rand(b, generator=g, device=dev) < p).view(b, 1, 1, 1)
     return torch.where(apply, y, x)
 
 
 def random_grayscale(x: torch.Tensor, g: torch.Generator, p: float = 0.2) -> torch.Tensor:
-    apply = (_rand(x.shape[0], g, x.device) < p).view(-1, 1, 1, 1)
+    apply = (torch.rand(x.shape[0], generator=g, device=x.device) < p).view(-1, 1, 1, 1)
     return torch.where(apply, grayscale(x).expand_as(x), x)
 
 

@@ -1,29 +1,7 @@
 """``make check-study``: retrain a small sample of the committed study's runs and say whether this
 machine reproduces the study, bit for bit or as a new draw of the same populations.
 
-Each retrained run takes one of two paths (README, "Reproducibility promise"):
-
-* **same machine fingerprint** (:func:`pcl.provenance.fingerprint_key`: processor model and
-  kernel flags or GPU model, library versions, precision, threads): the run must be bit-equal to
-  the committed one, i.e. its test-logits hash equals its row's ``logits_hash`` in ``runs.csv``;
-  anything else is an error.
-* **another machine**: floating-point kernels differ, so the run is a new draw of its population.
-  Its test accuracy and its *agreement* (the share of test images on which it predicts the modal
-  label of the committed seeds other than its own) must each lie in the prediction interval for
-  one more seed, from the population's ``n`` committed seeds (dense: dense and noise-floor seeds)::
-
-      mean +/- t(n - 1, 1 - a/2) * sd * sqrt(1 + 1/n),    a = ALPHA / (2 * runs checked)
-
-  A committed seed's agreement is measured the same way, leave-one-out (its prediction against
-  the modal label of the others), so both are draws of one distribution; the retrained run leaves
-  out the committed run of its own seed, which shares its initialisation and data order.
-  Bonferroni over the checks keeps the chance that a faithful reproduction fails below ALPHA.
-  :func:`loo_outside` applies the rule to each committed seed against the others (the validation
-  printed with every check).
-
-Notebook 04 commits what the check compares with (:func:`record_study`): ``runs.csv`` (logits
-hash and fingerprint per run), ``machine.json`` and ``check_reference.npz`` (each sampled
-population's seeds, accuracies and test predictions).
+The two paths, the seed-noise rule and its validation: README, "Checking the committed study".
 """
 from __future__ import annotations
 
@@ -47,11 +25,10 @@ from .keys import PopKey
 from .metrics import modal_labels
 from .presets import get_preset
 from .store import RunStore, _atomic_write_bytes, atomic_write_json
-from .study import default_workers, run_all
+from .study import run_all
 
 #: The retrained sample, (method, pruning) at seed :data:`SEED`, pruned runs at the preset's
-#: headline sparsity: both methods, dense and pruned while training. On the 2-core machine of the
-#: cpu study that is about 8 CPU-minutes (2 CE runs of about 1 minute, 2 SupCon runs of about 3).
+#: headline sparsity: both methods, dense and pruned while training.
 SAMPLE: tuple[tuple[str, str], ...] = (("ce", "none"), ("ce", "gmp_early"), ("supcon", "none"),
                                        ("supcon", "gmp_early"))
 SEED = 0
@@ -62,8 +39,7 @@ REFERENCE = "check_reference.npz"
 MACHINE = "machine.json"
 
 
-# ------------------------------------------------------------------------------------------------
-# the rule (pure)
+# --- the rule (pure) ----------------------------------------------------------------------------
 def agreement(pred: np.ndarray, others: np.ndarray, num_classes: int) -> float:
     """Share of images on which ``pred`` is the modal label of ``others`` (models, images)."""
     return float((np.asarray(pred) == modal_labels(others, num_classes)).mean())
@@ -74,8 +50,7 @@ def loo_agreement(preds: np.ndarray, num_classes: int) -> np.ndarray:
     preds = np.asarray(preds)
     if preds.ndim != 2 or len(preds) < 2:
         raise ValueError(f"preds must be (models >= 2, images); got shape {preds.shape}")
-    return np.array([agreement(preds[i], np.delete(preds, i, 0), num_classes)
-                     for i in range(len(preds))])
+    return np.array([agreement(preds[i], np.delete(preds, i, 0), num_classes) for i in range(len(preds))])
 
 
 def bounds(values: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -102,8 +77,7 @@ def _within(x: float, values: np.ndarray, alpha: float) -> bool:
     return lo <= x <= hi
 
 
-# ------------------------------------------------------------------------------------------------
-# what the analysis chain commits
+# --- what the analysis chain commits -------------------------------------------------------------
 def sample_configs(preset: Preset, sample: tuple[tuple[str, str], ...] = SAMPLE,
                    seed: int = SEED) -> list[RunConfig]:
     """The configs of ``sample`` that ``preset`` has (its methods, dense or its schedules)."""
@@ -123,7 +97,7 @@ def reference_populations(preset: Preset, store: RunStore,
     pops = populations(preset, store)
     out = {}
     for cfg in sample_configs(preset, sample):
-        key = PopKey(*population_key(preset, cfg))
+        key = population_key(preset, cfg)
         cfgs = pops.get(key, []) + (pops.get(PopKey.floor(key.method), []) if key.is_dense else [])
         if cfgs:
             out[key] = cfgs
@@ -146,8 +120,7 @@ def record_study(preset: Preset, store: RunStore, results: str | Path,
         arrays[f"{_name(key)}|preds"] = predictions(store, cfgs).astype(np.uint8)
     c = preset.ce
     meta = {"preset": preset.name, "precision": preset.precision, "num_classes": c.num_classes,
-            "dataset": "synthetic" if c.dataset == "synthetic" else None,
-            "synthetic_size": c.synthetic_size}
+            "dataset": "synthetic" if c.dataset == "synthetic" else None, "synthetic_size": c.synthetic_size}
     buf = io.BytesIO()
     np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **arrays)
     _atomic_write_bytes(buf.getvalue(), results / REFERENCE)
@@ -178,8 +151,7 @@ def load_committed(results: str | Path) -> Committed:
     if missing:
         raise FileNotFoundError(f"{results} lacks {', '.join(missing)}: run notebook 04 on the "
                                 "finished study first (make figures)")
-    runs = pd.read_csv(results / "runs.csv", dtype={"run": str, "logits_hash": str,
-                                                     "fingerprint": str})
+    runs = pd.read_csv(results / "runs.csv", dtype={"run": str, "logits_hash": str, "fingerprint": str})
     lacking = sorted({"run", "logits_hash", "fingerprint"} - set(runs.columns))
     if lacking:
         raise ValueError(f"{results / 'runs.csv'} has no column(s) {lacking}: it predates run "
@@ -187,13 +159,11 @@ def load_committed(results: str | Path) -> Committed:
     with np.load(results / REFERENCE) as z:
         ref = {k: z[k] for k in z.files}
     meta = json.loads(str(ref.pop("meta")))
-    mpath = results / MACHINE
-    machine = json.loads(mpath.read_text()) if mpath.is_file() else None
+    machine = json.loads((results / MACHINE).read_text()) if (results / MACHINE).is_file() else None
     return Committed(runs, ref, meta, machine)
 
 
-# ------------------------------------------------------------------------------------------------
-# the check
+# --- the check ----------------------------------------------------------------------------------
 @dataclass
 class RunCheck:
     """The verdict on one retrained run; ``stats_ok`` is None on the bit-for-bit path."""
@@ -223,6 +193,7 @@ def statistical(cfg: RunConfig, store: RunStore, ref: dict[str, np.ndarray], key
         raise ValueError(f"population {name} has {len(seeds)} committed seeds; the statistical "
                          f"check needs at least {MIN_SEEDS}")
     pred = store.load_logits(cfg).argmax(1).numpy()
+    # agreement leaves out the committed run of its own seed (same initialisation and data order)
     measured = {"accuracy": (store.load_history(cfg)["test_acc"], acc_ref),
                 "agreement": (agreement(pred, preds[seeds != cfg.seed], num_classes),
                               loo_agreement(preds, num_classes))}
@@ -231,10 +202,9 @@ def statistical(cfg: RunConfig, store: RunStore, ref: dict[str, np.ndarray], key
         lo, hi = bounds(vals, alpha)
         inside = lo <= x <= hi
         ok &= inside
-        parts.append(f"{what} {x:.4f} {'in' if inside else 'OUTSIDE'} [{lo:.4f}, {hi:.4f}] "
-                     f"(committed {np.mean(vals):.4f} +/- {np.std(vals, ddof=1):.4f} over "
-                     f"{len(vals)} seeds; the rule on each of them: {loo_outside(vals, alpha)} "
-                     "outside)")
+        parts.append(f"{what} {x:.4f} {'in' if inside else 'OUTSIDE'} [{lo:.4f}, {hi:.4f}] (committed "
+                     f"{np.mean(vals):.4f} +/- {np.std(vals, ddof=1):.4f} over {len(vals)} seeds; the rule "
+                     f"on each of them: {loo_outside(vals, alpha)} outside)")
     return ok, "; ".join(parts)
 
 
@@ -242,22 +212,20 @@ def check_run(cfg: RunConfig, store: RunStore, committed: Committed, preset: Pre
               alpha: float) -> RunCheck:
     """Compare one retrained run with its committed row: bit for bit on the same machine
     fingerprint, else :func:`statistical`; a config whose hash differs fails either way."""
-    key = PopKey(*population_key(preset, cfg))
+    key = population_key(preset, cfg)
     at = f"@{key.sparsity:g}" if key.sparsity else ""
     label = f"{cfg.method} {key.schedule}{at} seed {cfg.seed} (run {cfg.run_hash()})"
     row = _committed_row(committed.runs, key, cfg.seed)
     if row is None:
         return RunCheck(label, "none", False, "no committed row in runs.csv")
-    config = "" if row.run == cfg.run_hash() else (
-        f"config differs from the committed run {row.run}; ")
+    config = "" if row.run == cfg.run_hash() else f"config differs from the committed run {row.run}; "
     if provenance.fingerprint_key(store.load_env(cfg)) == row.fingerprint:
         mine = provenance.logits_hash(store.load_logits(cfg))
         same = mine == row.logits_hash
         detail = (f"test logits {mine} {'=' if same else '!='} committed {row.logits_hash}"
                   + ("" if same else " on the same machine fingerprint: an error"))
         return RunCheck(label, "bit-for-bit", same and not config, config + detail)
-    ok, detail = statistical(cfg, store, committed.reference, key, alpha,
-                             committed.meta["num_classes"])
+    ok, detail = statistical(cfg, store, committed.reference, key, alpha, committed.meta["num_classes"])
     return RunCheck(label, "statistical", ok and not config, config + detail, stats_ok=ok)
 
 
@@ -288,14 +256,12 @@ def check(preset: Preset, committed: Committed, data_root: str | None = None,
         store = RunStore(root or tmp)
         say(f"Retraining {len(configs)} runs of preset {preset.name!r} into {store.root}: "
             + ", ".join(f"{c.method} {c.schedule} seed {c.seed}" for c in configs))
-        run_all(configs, store, data_root, workers or default_workers(), progress,
-                executor_options=opts)
+        run_all(configs, store, data_root, workers, progress, executor_options=opts)
         envs = [store.load_env(c) for c in configs]
         say(f"Retrained here: {provenance.describe(provenance.summarise(envs))}")
         if committed.machine:
             say(f"Committed study: {provenance.describe(committed.machine)}")
-        checks = [check_run(c, store, committed, preset, ALPHA / (2 * len(configs)))
-                  for c in configs]
+        checks = [check_run(c, store, committed, preset, ALPHA / (2 * len(configs))) for c in configs]
     for c in checks:
         say(f"{'ok  ' if c.ok else 'FAIL'} {c.label}: {c.path}: {c.detail}")
     return checks
@@ -310,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="CIFAR-10 root (default: $PCL_DATA or ./data)")
     ap.add_argument("--workers", type=int, default=None, help="worker processes (one thread each)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    ap.add_argument("--keep", default=None,
-                    help="train into this run store and keep it (its finished runs are reused)")
+    ap.add_argument("--keep", help="train into this run store and keep it (its finished runs are reused)")
     a = ap.parse_args(argv)
     try:
         committed = load_committed(Path(a.results) / a.preset)

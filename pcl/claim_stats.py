@@ -1,27 +1,18 @@
-"""The claims' statistics: pure functions of (models, *batch, images) populations.
+"""The claims' statistics: pure functions of (models, *batch, images) populations whose rows are
+seeds in the same order, returned per batch element, so a simulation of many studies is one call.
 
-Claims 1-3 (below) count PIEs, compare damage and fit slopes; claim 4 and figure F4 need the
-overlap between PIE sets, from split halves of the seeds:
-
-A PIE set measured on all seeds cannot be compared with itself, so every overlap here is between
-two *disjoint halves* of the seeds: half A of configuration p against half B of configuration q.
-On the diagonal (p = q) that is the within-pair reproducibility, off it the cross-pair overlap;
-both use the same number of models, so they differ only in the configuration.
-
-The deciding statistic is the **overlap coefficient** |A ∩ B| / min(|A|, |B|): a set lying inside
-a larger one overlaps it fully, so it cannot pass for "unique" because the sets differ in size
-(Jaccard can: PROTOCOL.md, confound 3). Jaccard is computed beside it. Random sets of the same
-sizes among n images overlap by max(|A|, |B|) / n (overlap coefficient) on average: the floor.
-
-Populations are (models, *batch, images) arrays whose rows are seeds in the same order; every
-statistic is returned per batch element, so a simulation of many studies is one call.
+Claim 4 and figure F4 compare PIE sets between *disjoint halves* of the seeds (a set measured on
+all seeds cannot be compared with itself), so within-pair (diagonal) and cross-pair overlaps come
+from the same number of models. The deciding overlap coefficient |A ∩ B| / min(|A|, |B|) is robust
+to set size, unlike Jaccard (PROTOCOL.md, confound 3); random sets of the same sizes among n images
+overlap by max(|A|, |B|) / n on average: the floor.
 """
 from __future__ import annotations
 
 import itertools
 import math
 import warnings
-from typing import Hashable, Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
@@ -42,30 +33,24 @@ def modes(preds: np.ndarray, num_classes: int) -> np.ndarray:
     return metrics.modal_labels(p.reshape(len(p), -1), num_classes).reshape(p.shape[1:])
 
 
-def half_splits(n: int, max_splits: int = MAX_SPLITS, seed: int = 0
-                ) -> list[tuple[np.ndarray, np.ndarray]]:
+def half_splits(n: int, max_splits: int = MAX_SPLITS, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Splits of ``n`` seeds into two disjoint halves of ``n // 2`` (one seed left out when
     ``n`` is odd): all unordered splits when there are at most ``max_splits``, else random ones."""
     h = n // 2
     if h < 1:
         return []
     if math.comb(n, h) * math.comb(n - h, h) // 2 <= max_splits:
-        out = []
-        for a in itertools.combinations(range(n), h):
-            rest = [i for i in range(n) if i not in a]
-            out += [(np.array(a), np.array(b)) for b in itertools.combinations(rest, h) if a < b]
-        return out
+        return [(np.array(a), np.array(b)) for a in itertools.combinations(range(n), h)
+                for b in itertools.combinations([i for i in range(n) if i not in a], h) if a < b]
     rng = np.random.default_rng(seed)
-    perms = [rng.permutation(n) for _ in range(max_splits)]
-    return [(np.sort(p[:h]), np.sort(p[h:2 * h])) for p in perms]
+    return [(np.sort(p[:h]), np.sort(p[h:2 * h])) for p in (rng.permutation(n) for _ in range(max_splits))]
 
 
 def pairwise(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(overlap coefficient, Jaccard) between every set of ``a`` and every set of ``b``: boolean
     (P, *batch, images) masks -> two (P, P, *batch) arrays; NaN where a set is empty."""
     p, batch, n = a.shape[0], a.shape[1:-1], a.shape[-1]
-    fa = np.moveaxis(a.reshape(p, -1, n), 1, 0).astype(np.float32)
-    fb = np.moveaxis(b.reshape(p, -1, n), 1, 0).astype(np.float32)
+    fa, fb = (np.moveaxis(x.reshape(p, -1, n), 1, 0).astype(np.float32) for x in (a, b))
     inter = np.moveaxis(fa @ fb.transpose(0, 2, 1), 0, -1).astype(float)  # (P, P, batch)
     sa, sb = fa.sum(-1).T[:, None], fb.sum(-1).T[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -78,8 +63,7 @@ def _split_masks(dense: Mapping[str, np.ndarray], pruned: Mapping[tuple, np.ndar
                  rows: np.ndarray, num_classes: int) -> np.ndarray:
     """(pairs, *batch, images) PIE masks of every pair on the seeds ``rows``."""
     dm = {m: modes(np.asarray(v)[rows], num_classes) for m, v in dense.items()}
-    return np.stack([dm[key[0]] != modes(np.asarray(v)[rows], num_classes)
-                     for key, v in pruned.items()])
+    return np.stack([dm[key[0]] != modes(np.asarray(v)[rows], num_classes) for key, v in pruned.items()])
 
 
 def _nanmean(x: np.ndarray, axis: int | tuple = 0) -> np.ndarray:
@@ -88,43 +72,32 @@ def _nanmean(x: np.ndarray, axis: int | tuple = 0) -> np.ndarray:
         return np.nanmean(x, axis)
 
 
-def split_overlaps(dense: Mapping[str, np.ndarray], pruned: Mapping[tuple, np.ndarray],
-                   num_classes: int, max_splits: int = MAX_SPLITS
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(overlap coefficient, Jaccard, random-set overlap coefficient), each (pairs, pairs, *batch)
-    and averaged over split halves: entry [p, q] is the mean of half A of p against half B of q
-    and half B of p against half A of q (so the matrices are symmetric).
-
-    ``dense``: method -> (models, *batch, images); ``pruned``: (method, schedule) -> the same
-    shape, rows paired by seed. NaN when there are fewer than 2 seeds."""
-    n = min(len(v) for v in [*dense.values(), *pruned.values()])
-    splits = half_splits(n, max_splits)
-    shape = (len(pruned), len(pruned)) + np.shape(next(iter(pruned.values())))[1:-1]
+def split_overlaps(dense: Mapping[str, np.ndarray], pruned: Mapping[tuple, np.ndarray], num_classes: int,
+                   max_splits: int = MAX_SPLITS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(overlap coefficient, Jaccard, random-set overlap coefficient), each (pairs, pairs, *batch),
+    averaged over split halves; [p, q] averages half A of p vs half B of q and B of p vs A of q
+    (symmetric). ``dense``: method -> (models, *batch, images); ``pruned``: (method, schedule) ->
+    the same shape, rows paired by seed. NaN when there are fewer than 2 seeds."""
+    splits = half_splits(min(len(v) for v in [*dense.values(), *pruned.values()]), max_splits)
+    shape = np.shape(next(iter(pruned.values())))  # (models, *batch, images)
     if not splits:
-        return np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
-    images = np.shape(next(iter(pruned.values())))[-1]
+        return tuple(np.full((len(pruned), len(pruned)) + shape[1:-1], np.nan) for _ in range(3))
     acc = []
     for a, b in splits:
-        ma, mb = _split_masks(dense, pruned, a, num_classes), _split_masks(dense, pruned, b,
-                                                                           num_classes)
-        oc, jac = pairwise(ma, mb)
-        size_a, size_b = ma.sum(-1)[:, None], mb.sum(-1)[None, :]
-        rnd = np.maximum(size_a, size_b) / images
-        acc.append([(x + np.swapaxes(x, 0, 1)) / 2 for x in (oc, jac, rnd)])
-    oc, jac, rnd = (_nanmean(np.array([s[i] for s in acc]), 0) for i in range(3))
+        ma, mb = (_split_masks(dense, pruned, rows, num_classes) for rows in (a, b))
+        rnd = np.maximum(ma.sum(-1)[:, None], mb.sum(-1)[None, :]) / shape[-1]
+        acc.append([(x + np.swapaxes(x, 0, 1)) / 2 for x in (*pairwise(ma, mb), rnd)])
+    oc, jac, rnd = _nanmean(np.array(acc), 0)
     return oc, jac, rnd
 
 
 def overlap_statistics(dense: Mapping[str, np.ndarray], pruned: Mapping[tuple, np.ndarray],
                        num_classes: int, max_splits: int = MAX_SPLITS) -> np.ndarray:
     """Claim 4's statistics (:data:`STATISTICS`), each averaged over pairs of different
-    configurations: (len(STATISTICS), *batch).
-
-    For pairs p != q the cross-pair overlap is compared with the smaller of the two within-pair
-    overlaps (the less reproducible pair bounds what any pair can share with it), so
-    "cross - within" < 0 means the PIE sets are less alike across pairs than a pair is with
-    itself."""
-    names: Sequence[Hashable] = list(pruned)
+    configurations: (len(STATISTICS), *batch). For pairs p != q the cross-pair overlap is compared
+    with the smaller within-pair overlap (the less reproducible pair bounds what any pair can share
+    with it), so "cross - within" < 0: PIE sets less alike across pairs than within one."""
+    names = list(pruned)
     if len(names) < 2:
         raise ValueError(f"claim 4 needs at least two (method, schedule) pairs, got {names}")
     oc, jac, rnd = split_overlaps(dense, pruned, num_classes, max_splits)
@@ -133,8 +106,7 @@ def overlap_statistics(dense: Mapping[str, np.ndarray], pruned: Mapping[tuple, n
     same_m = np.array([names[x][0] == names[y][0] for x, y in zip(i, j, strict=True)])
 
     def cross_within(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        w = np.diagonal(m, 0, 0, 1)
-        w = np.moveaxis(w, -1, 0)  # (pairs, *batch)
+        w = np.moveaxis(np.diagonal(m, 0, 0, 1), -1, 0)  # (pairs, *batch)
         return m[i, j], np.minimum(w[i], w[j]), w
 
     c, ref, w = cross_within(oc)
@@ -158,16 +130,14 @@ def method_statistic(p: Mapping[str, np.ndarray], k: int) -> np.ndarray:
     dm, dr = modes(p["dm"], k), modes(p["dr"], k)
     a, b = (dm != modes(p["pm"], k)).sum(-1), (dr != modes(p["pr"], k)).sum(-1)
     if "fm" not in p:
-        nan = np.full(np.shape(a), np.nan)
-        return np.array([a - b, nan, nan, nan], float)
+        return np.array([a - b, *[np.full(np.shape(a), np.nan)] * 3], float)
     fa, fb = (dm != modes(p["fm"], k)).sum(-1), (dr != modes(p["fr"], k)).sum(-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.log(a / fa) - np.log(b / fb)
     return np.array([a - b, rel, fa, fb], float)
 
 
-def group_difference(mask: np.ndarray, dense_values: np.ndarray, pruned_values: np.ndarray
-                     ) -> np.ndarray:
+def group_difference(mask: np.ndarray, dense_values: np.ndarray, pruned_values: np.ndarray) -> np.ndarray:
     """Mean over ``mask`` (PIEs) minus mean over the other images of the per-image change from
     the dense to the pruned population mean of a per-model value ((models, *batch, images); NaN
     values left out); NaN when either group is empty."""

@@ -1,44 +1,21 @@
-"""The claims table (T1) and the PIE counts with their noise floor, as PROTOCOL.md tests them.
+"""The claims table (T1) and the PIE counts with their noise floor, as PROTOCOL.md ("Claims and how
+each is tested") tests them, every interval from :func:`pcl.intervals.seed_interval`.
 
-Every interval here comes from one helper, :func:`pcl.intervals.seed_interval` (a jackknife over
-seeds: delete-one at the study's 5 seeds), which carries seed noise into modal statistics. The
-populations' models (rows, ordered by seed) are the sampling unit; every claim statistic is
-recomputed from the per-model arrays on subsets of the seeds, PIE masks included. An interval
-covers the statistic's expected value *at the populations' size* (n seeds), not its value for
-infinitely many seeds.
-
-Verdicts: **holds** when the 95 % interval excludes zero on the claim's side, **contradicted**
-when it excludes zero on the other side, **cannot be told apart** otherwise; **too few seeds**
-below :data:`pcl.intervals.MIN_UNITS` seeds; **not decided** where a confound of PROTOCOL.md
-("Design at reduced scale") makes the comparison unfair: dense accuracies more than
-:data:`MAX_ACCURACY_GAP` apart (claim 1), a noise floor below :data:`MIN_FLOOR` PIEs (claim 1,
-floor-relative), an onset sweep with fewer than :data:`MIN_ONSETS` begins or a window ending after
-:data:`MAX_ONSET_END` (claim 3). The thresholds are where ``tests/test_claim_simulation.py``
-validated the statistics. Rows with ``decides=False`` are shown for context only.
-
-Every statistic is a pure function of (models, *batch, images) arrays and returns one value per
-batch element, so the simulation that validates it runs many studies in one call.
+A row is **not decided** where a confound of PROTOCOL.md ("Design at reduced scale") makes the
+comparison unfair; the guards' thresholds are where ``tests/test_claim_simulation.py`` validated
+the statistics. Rows with ``decides=False`` are shown for context only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Hashable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from . import intervals, metrics
-from .claim_stats import (
-    MAX_SPLITS,
-    STATISTICS,
-    damage_statistic,
-    method_statistic,
-    modes,
-    onset_statistic,
-    pair_statistic,
-    pie_count,
-    split_overlaps,
-)
+from . import claim_stats, intervals, metrics
+from .claim_stats import MAX_SPLITS, STATISTICS, modes
 from .intervals import SeedInterval, seed_interval
 from .keys import PopKey
 
@@ -62,19 +39,15 @@ MIN_ONSETS, MAX_ONSET_END = 4, 0.85
 
 
 def verdict(low: float, high: float, threshold: float = 0.0, greater: bool = True) -> str:
-    """The verdict of an interval for a claim that the statistic is above ``threshold``
-    (``greater``) or below it."""
+    """The verdict of an interval on a claim that the statistic is above (``greater``) or below
+    ``threshold``: holds, contradicted (excluded on the other side) or cannot be told apart."""
     if not (np.isfinite(low) and np.isfinite(high)):
         return UNCLEAR
     above, below = low > threshold, high < threshold
-    if greater:
-        return HOLDS if above else CONTRADICTED if below else UNCLEAR
-    return HOLDS if below else CONTRADICTED if above else UNCLEAR
+    holds, contradicted = (above, below) if greater else (below, above)
+    return HOLDS if holds else CONTRADICTED if contradicted else UNCLEAR
 
 
-# ------------------------------------------------------------------------------------------------
-# PIE counts with their noise floor
-# ------------------------------------------------------------------------------------------------
 def _count_statistic(p: Mapping[str, np.ndarray], k: int) -> np.ndarray:
     """[PIEs, floor, PIEs / floor] (floor NaN without a floor population)."""
     d = modes(p["dense"], k)
@@ -85,32 +58,27 @@ def _count_statistic(p: Mapping[str, np.ndarray], k: int) -> np.ndarray:
     return np.array([pies, fl, pies / fl if fl else np.nan], float)
 
 
-def pie_counts(preds: Mapping[PopKey, np.ndarray], num_classes: int,
-               confidence: float = intervals.CONFIDENCE,
+def pie_counts(preds: Mapping[PopKey, np.ndarray], num_classes: int, confidence: float = intervals.CONFIDENCE,
                max_subsets: int = intervals.MAX_SUBSETS) -> pd.DataFrame:
-    """One row per pruned population: its PIE count, its method's noise floor (PIEs between
-    the dense and the floor population) and their ratio, each with a seed interval, and the number
-    of tied modal votes in the dense, the pruned and the floor population."""
+    """One row per pruned population: its PIE count, its method's noise floor (PIEs between the dense
+    and the floor population) and their ratio, each with a seed interval, and each population's tied votes."""
     rows = []
-    for key in sorted(map(PopKey._make, preds), key=lambda k: (k.method, k.schedule, k.sparsity)):
+    for key in sorted(map(PopKey._make, preds)):
         dk, fk = PopKey.dense(key.method), PopKey.floor(key.method)
         if key.is_dense or key.is_floor or dk not in preds:
             continue
-        pops = {"dense": preds[dk], "pruned": preds[key]}
-        if fk in preds:
-            pops["floor"] = preds[fk]
-        iv = seed_interval(pops, lambda p: _count_statistic(p, num_classes), confidence,
+        pops = {"dense": preds[dk], "pruned": preds[key], **({"floor": preds[fk]} if fk in preds else {})}
+        iv = seed_interval(pops, partial(_count_statistic, k=num_classes), confidence,
                            max_subsets=max_subsets)
-        tie = {f"ties_{k}": int(metrics.tied_votes(v, num_classes).sum()) for k, v in pops.items()}
-        rows.append({
-            "method": key.method, "schedule": key.schedule, "sparsity": key.sparsity,
-            "pies": int(iv.estimate[0]), "ci_low": iv.low[0], "ci_high": iv.high[0],
-            "floor": iv.estimate[1], "floor_ci_low": iv.low[1], "floor_ci_high": iv.high[1],
-            "pies_over_floor": iv.estimate[2], "ratio_ci_low": iv.low[2],
-            "ratio_ci_high": iv.high[2], "ties_dense": tie["ties_dense"],
-            "ties_pruned": tie["ties_pruned"], "ties_floor": tie.get("ties_floor", np.nan),
-            "models": len(preds[key]), "dense_models": len(preds[dk]),
-            "floor_models": len(preds[fk]) if fk in preds else 0, "interval": iv.label()})
+        tie = {k: int(metrics.tied_votes(v, num_classes).sum()) for k, v in pops.items()}
+        est, lo, hi = iv.estimate, iv.low, iv.high
+        rows.append({"method": key.method, "schedule": key.schedule, "sparsity": key.sparsity,
+                     "pies": int(est[0]), "ci_low": lo[0], "ci_high": hi[0], "floor": est[1],
+                     "floor_ci_low": lo[1], "floor_ci_high": hi[1], "pies_over_floor": est[2],
+                     "ratio_ci_low": lo[2], "ratio_ci_high": hi[2], "ties_dense": tie["dense"],
+                     "ties_pruned": tie["pruned"], "ties_floor": tie.get("floor", np.nan),
+                     "models": len(preds[key]), "dense_models": len(preds[dk]),
+                     "floor_models": len(pops.get("floor", ())), "interval": iv.label()})
     return pd.DataFrame(rows)
 
 
@@ -119,35 +87,27 @@ def pie_count_intervals(preset, store, confidence: float = intervals.CONFIDENCE,
     """:func:`pie_counts` of every finished population of ``preset`` in ``store``."""
     from .evaluate import population_predictions
 
-    return pie_counts(population_predictions(preset, store), preset.ce.num_classes, confidence,
-                      max_subsets)
+    return pie_counts(population_predictions(preset, store), preset.ce.num_classes, confidence, max_subsets)
 
 
-# ------------------------------------------------------------------------------------------------
-# the evidence the claims are computed from
-# ------------------------------------------------------------------------------------------------
 @dataclass
 class Evidence:
-    """Everything the claims need, as arrays with models (ordered by seed) on axis 0.
-
-    ``onset``: population key -> (begin, end) GMP window of each point of the onset sweep (the
-    populations evaluate marks as onset points, at the onset sparsity). ``accuracy``: method ->
-    mean dense test accuracy (fraction). ``qscores`` / ``depths``: per-model Q-Score and prediction
-    depth (models, images) of the dense and headline-sparsity populations (depth only for the
-    first few models). ``contrast``: the schedules of claim 3's non-deciding row.
-    """
+    """Everything the claims need, as arrays with models (ordered by seed) on axis 0."""
 
     preds: dict[PopKey, np.ndarray]
     num_classes: int
     headline: float
     schedules: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
+    #: Each onset point (evaluate marks them, at the onset sparsity) -> its (begin, end) GMP window.
     onset: dict[PopKey, tuple[float, float]] = field(default_factory=dict)
-    accuracy: dict[str, float] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)  # method -> mean dense test accuracy (fraction)
+    #: Per-model (models, images) Q-Score and prediction depth (the first few models only) of the
+    #: dense and headline-sparsity populations.
     qscores: dict[PopKey, np.ndarray] = field(default_factory=dict)
     depths: dict[PopKey, np.ndarray] = field(default_factory=dict)
     reference: str = "ce"
-    contrast: tuple[str, str] = ("gmp_early", "gmp_late")
+    contrast: tuple[str, str] = ("gmp_early", "gmp_late")  # the schedules of claim 3's non-deciding row
     scale: str = ""
     confidence: float = intervals.CONFIDENCE
     max_subsets: int = intervals.MAX_SUBSETS
@@ -155,8 +115,7 @@ class Evidence:
     def __post_init__(self) -> None:
         for k, v in self.preds.items():
             if np.ndim(v) != 2 or len(v) < 1:
-                raise ValueError(f"predictions of {k} must be (models >= 1, images); "
-                                 f"got shape {np.shape(v)}")
+                raise ValueError(f"predictions of {k} must be (models >= 1, images); got shape {np.shape(v)}")
         self.preds = {PopKey._make(k): v for k, v in self.preds.items()}
         if not self.methods:
             self.methods = tuple(dict.fromkeys(k.method for k in self.preds))
@@ -165,8 +124,7 @@ class Evidence:
                                            and not k.is_floor and not k.schedule.startswith("gmp@")}))
 
     def at_headline(self, method: str, schedule: str) -> PopKey | None:
-        """The key of (method, schedule) at the headline sparsity, if it and its dense
-        population are present."""
+        """The key of (method, schedule) at the headline sparsity, if it and its dense are present."""
         key = PopKey(method, schedule, self.headline)
         return key if key in self.preds and PopKey.dense(method) in self.preds else None
 
@@ -177,19 +135,16 @@ class Evidence:
 
 def _row(ev: Evidence, claim: int, comparison: str, statistic: str, iv: SeedInterval, i,
          greater: bool, decides: bool = True, guard: str = "", note: str = "") -> dict:
-    """One T1 row; ``guard`` (why a confound makes the row not decided) overrides the verdict."""
+    """One T1 row; ``guard`` (why a confound makes the row not decided) overrides the verdict, and
+    a missing interval (fewer than :data:`pcl.intervals.MIN_UNITS` seeds) overrides both."""
     est, lo, hi = iv[i]
-    v = (TOO_FEW if not iv.delete else NOT_DECIDED if guard
-         else verdict(lo, hi, greater=greater))
+    v = TOO_FEW if not iv.delete else NOT_DECIDED if guard else verdict(lo, hi, greater=greater)
     return {"claim": TITLES[claim], "comparison": comparison, "statistic": statistic,
             "estimate": est, "ci_low": lo, "ci_high": hi, "interval": iv.label(),
             "verdict": v, "decides": decides, "note": "; ".join(x for x in (guard, note) if x),
             "scale": ev.scale}
 
 
-# ------------------------------------------------------------------------------------------------
-# claim 1: a contrastive method loses more examples than CE at high sparsity
-# ------------------------------------------------------------------------------------------------
 def accuracy_guard(accuracy: Mapping[str, float], a: str, b: str) -> tuple[str, str]:
     """(guard, note) of claim 1: both dense accuracies, and why the row is not decided when they
     are unknown or differ by more than :data:`MAX_ACCURACY_GAP` (PROTOCOL.md, confound 1)."""
@@ -212,23 +167,21 @@ def claim_1(ev: Evidence) -> list[dict]:
     """PIEs(method) - PIEs(reference) at the headline sparsity per schedule, raw and relative to
     each method's noise floor on a log scale, for every method other than the reference; every
     row states both dense accuracies and is decided only when they match."""
-    rows = []
-    for m in [m for m in ev.methods if m != ev.reference]:
-        guard, note = accuracy_guard(ev.accuracy, m, ev.reference)
+    rows, r = [], ev.reference
+    for m in [m for m in ev.methods if m != r]:
+        guard, note = accuracy_guard(ev.accuracy, m, r)
         for sch in ev.schedules:
-            km, kr = ev.at_headline(m, sch), ev.at_headline(ev.reference, sch)
+            km, kr = ev.at_headline(m, sch), ev.at_headline(r, sch)
             if km is None or kr is None:
                 continue
             pops = {"dm": ev.preds[PopKey.dense(m)], "pm": ev.preds[km],
-                    "dr": ev.preds[PopKey.dense(ev.reference)], "pr": ev.preds[kr]}
-            fm, fr = PopKey.floor(m), PopKey.floor(ev.reference)
+                    "dr": ev.preds[PopKey.dense(r)], "pr": ev.preds[kr]}
+            fm, fr = PopKey.floor(m), PopKey.floor(r)
             if fm in ev.preds and fr in ev.preds:
                 pops.update(fm=ev.preds[fm], fr=ev.preds[fr])
-            iv = ev.interval(pops, lambda p: method_statistic(p, ev.num_classes))
-            comp = f"{m} vs {ev.reference}, {sch} @ {ev.headline}"
-            r = ev.reference
-            rows.append(_row(ev, 1, comp, f"PIEs({m}) - PIEs({r})", iv, 0, True, guard=guard,
-                             note=note))
+            iv = ev.interval(pops, lambda p: claim_stats.method_statistic(p, ev.num_classes))
+            comp = f"{m} vs {r}, {sch} @ {ev.headline}"
+            rows.append(_row(ev, 1, comp, f"PIEs({m}) - PIEs({r})", iv, 0, True, guard=guard, note=note))
             if "fm" in pops:
                 fguard = guard or floor_guard(iv.estimate[2], iv.estimate[3])
                 rows.append(_row(ev, 1, comp, f"log(PIEs/floor) ({m}) - log(PIEs/floor) ({r})",
@@ -237,9 +190,6 @@ def claim_1(ev: Evidence) -> list[dict]:
     return rows
 
 
-# ------------------------------------------------------------------------------------------------
-# claim 2: PIEs carry the representation damage (Q-Score, prediction depth)
-# ------------------------------------------------------------------------------------------------
 def claim_2(ev: Evidence) -> list[dict]:
     """Per method and schedule at the headline sparsity: mean dense->pruned change of the
     population-mean Q-Score (and prediction depth) over PIEs minus over the other images. Holds
@@ -261,8 +211,7 @@ def claim_2(ev: Evidence) -> list[dict]:
             if not parts:
                 continue
             names = tuple(n for n, _ in parts)
-            iv = ev.interval(pops, lambda p, names=names: damage_statistic(p, ev.num_classes,
-                                                                             names))
+            iv = ev.interval(pops, partial(claim_stats.damage_statistic, k=ev.num_classes, names=names))
             for i, (name, greater) in enumerate(parts):
                 models = min(len(pops[f"d{name}"]), len(pops[f"p{name}"]))
                 rows.append(_row(ev, 2, f"{m} {sch} @ {ev.headline} ({name}: {models} models)",
@@ -270,19 +219,13 @@ def claim_2(ev: Evidence) -> list[dict]:
     return rows
 
 
-# ------------------------------------------------------------------------------------------------
-# claim 3: early pruning hurts most (the onset sweep)
-# ------------------------------------------------------------------------------------------------
 def onset_guard(windows: list[tuple[float, float]]) -> str:
     """Why an onset sweep cannot decide claim 3 (PROTOCOL.md, confound 2), or ''."""
-    begins = sorted({round(b, 9) for b, _ in windows})
+    begins = len({round(b, 9) for b, _ in windows})
     late = [f"{b:.2f}-{e:.2f}" for b, e in windows if e > MAX_ONSET_END + 1e-9]
-    out = []
-    if len(begins) < MIN_ONSETS:
-        out.append(f"{len(begins)} onset begins (needs at least {MIN_ONSETS})")
+    out = [f"{begins} onset begins (needs at least {MIN_ONSETS})"] if begins < MIN_ONSETS else []
     if late:
-        out.append(f"windows ending after {MAX_ONSET_END} leave no time to recover: "
-                   + ", ".join(late))
+        out.append(f"windows ending after {MAX_ONSET_END} leave no time to recover: " + ", ".join(late))
     return "; ".join(out)
 
 
@@ -297,9 +240,8 @@ def claim_3(ev: Evidence) -> list[dict]:
         if not pts:
             continue
         begins = np.array([w[0] for w, _ in pts])
-        pops = {"dense": ev.preds[PopKey.dense(m)],
-                **{i: ev.preds[key] for i, (_, key) in enumerate(pts)}}
-        iv = ev.interval(pops, lambda p, b=begins: onset_statistic(p, ev.num_classes, b))
+        pops = {"dense": ev.preds[PopKey.dense(m)], **{i: ev.preds[k] for i, (_, k) in enumerate(pts)}}
+        iv = ev.interval(pops, lambda p, b=begins: claim_stats.onset_statistic(p, ev.num_classes, b))
         rows.append(_row(ev, 3, f"{m} onset sweep @ {pts[0][1].sparsity} ({len(pts)} begins)",
                          "slope of PIEs vs GMP begin (PIEs per unit of training)", iv, 0, False,
                          guard=onset_guard([w for w, _ in pts])))
@@ -312,45 +254,35 @@ def claim_3(ev: Evidence) -> list[dict]:
         if ke is None or kl is None:
             continue
         pops = {"dense": ev.preds[PopKey.dense(m)], "early": ev.preds[ke], "late": ev.preds[kl]}
-        iv = ev.interval(pops, lambda p: (pie_count(p["dense"], p["early"], ev.num_classes)
-                                          - pie_count(p["dense"], p["late"], ev.num_classes)))
+        iv = ev.interval(pops, lambda p: (claim_stats.pie_count(p["dense"], p["early"], ev.num_classes)
+                                          - claim_stats.pie_count(p["dense"], p["late"], ev.num_classes)))
         rows.append(_row(ev, 3, f"{m} @ {ev.headline} (windows differ in length: does not decide)",
                          f"PIEs({early}) - PIEs({late})", iv, (), True, decides=False))
     return rows
-
-
-# ------------------------------------------------------------------------------------------------
-# claim 4: PIE sets are largely unique to each learning-and-pruning pair
-# ------------------------------------------------------------------------------------------------
-def _pairs(ev: Evidence) -> dict:
-    """Claim 4's populations: ('dense', method) and (method, schedule) at the headline."""
-    pairs = [(m, s) for m in ev.methods for s in ev.schedules if ev.at_headline(m, s)]
-    pops = {("dense", m): ev.preds[PopKey.dense(m)] for m in dict.fromkeys(p[0] for p in pairs)}
-    pops.update({p: ev.preds[PopKey(p[0], p[1], ev.headline)] for p in pairs})
-    return pops
 
 
 def claim_4(ev: Evidence) -> list[dict]:
     """Cross-pair PIE-set overlap coefficient against the within-pair split-half overlap at the
     headline sparsity (holds when cross < within); the same per kind of pair, Jaccard, and the
     cross-pair overlap above that of random sets of the same sizes are shown beside it."""
-    pops = _pairs(ev)
+    pairs = [(m, s) for m in ev.methods for s in ev.schedules if ev.at_headline(m, s)]
+    pops = {("dense", m): ev.preds[PopKey.dense(m)] for m, _ in pairs}
+    pops.update({p: ev.preds[PopKey(*p, ev.headline)] for p in pairs})
     n_pairs = sum(key[0] != "dense" for key in pops)
     if n_pairs < 2:
         return []
-    iv = ev.interval(pops, lambda p: pair_statistic(p, ev.num_classes))
+    iv = ev.interval(pops, lambda p: claim_stats.pair_statistic(p, ev.num_classes))
     e = iv.estimate
     h = min(len(v) for v in pops.values()) // 2
-    where = (f"{n_pairs} pairs @ {ev.headline}, halves of {h} seed{'s' * (h != 1)}")
+    where = f"{n_pairs} pairs @ {ev.headline}, halves of {h} seed{'s' * (h != 1)}"
     note = (f"overlap coefficient within {e[3]:.3f}, cross {e[4]:.3f}; "
             f"Jaccard within {e[7]:.3f}, cross {e[8]:.3f}")
     rows = [_row(ev, 4, where, STATISTICS[0], iv, 0, False, note=note)]
     rows += [_row(ev, 4, STATISTICS[i], STATISTICS[0], iv, i, False, decides=False)
              for i in (1, 2) if np.isfinite(e[i])]
-    rows.append(_row(ev, 4, where, STATISTICS[6], iv, 6, False, decides=False))
-    rows.append(_row(ev, 4, "cross-pair overlap above chance (the floor)", STATISTICS[5], iv, 5,
-                     True, decides=False))
-    return rows
+    chance = "cross-pair overlap above chance (the floor)"
+    return rows + [_row(ev, 4, where, STATISTICS[6], iv, 6, False, decides=False),
+                   _row(ev, 4, chance, STATISTICS[5], iv, 5, True, decides=False)]
 
 
 def overlap_matrix(preds: Mapping[PopKey, np.ndarray], num_classes: int, sparsity: float,
@@ -360,28 +292,22 @@ def overlap_matrix(preds: Mapping[PopKey, np.ndarray], num_classes: int, sparsit
     ``sparsity`` (figure F4), as DataFrames indexed by 'method schedule'. Every entry compares
     disjoint halves of the seeds, so the diagonal is each configuration's split-half
     reproducibility and off-diagonal entries are comparable with it (claim 4's statistic)."""
-    keys = [PopKey._make(k) for k in preds if not PopKey._make(k).is_dense
-            and not PopKey._make(k).is_floor and k[2] == sparsity
-            and PopKey.dense(k[0]) in preds and (schedules is None or k[1] in schedules)]
+    keys = [k for k in map(PopKey._make, preds) if not (k.is_dense or k.is_floor) and k.sparsity == sparsity
+            and PopKey.dense(k.method) in preds and (schedules is None or k.schedule in schedules)]
     if not keys:
         raise ValueError(f"no pruned population at sparsity {sparsity}; "
                          f"have {sorted({k[2] for k in preds})}")
     dense = {k.method: preds[PopKey.dense(k.method)] for k in keys}
-    oc, jac, _ = split_overlaps(dense, {(k.method, k.schedule): preds[k] for k in keys},
-                                num_classes, max_splits)
+    oc, jac, _ = claim_stats.split_overlaps(dense, {(k.method, k.schedule): preds[k] for k in keys},
+                                            num_classes, max_splits)
     names = [f"{k.method} {k.schedule}" for k in keys]
-    return (pd.DataFrame(oc, index=names, columns=names),
-            pd.DataFrame(jac, index=names, columns=names))
+    return tuple(pd.DataFrame(x, index=names, columns=names) for x in (oc, jac))
 
 
 CLAIMS: list[Callable[[Evidence], list[dict]]] = [claim_1, claim_2, claim_3, claim_4]
 
 
-# ------------------------------------------------------------------------------------------------
-# the table and its loader
-# ------------------------------------------------------------------------------------------------
-def run_claims(ev: Evidence, claims: list[Callable[[Evidence], list[dict]]] | None = None
-               ) -> pd.DataFrame:
+def run_claims(ev: Evidence, claims: list[Callable[[Evidence], list[dict]]] | None = None) -> pd.DataFrame:
     """T1: the rows of every claim function (default :data:`CLAIMS`) on ``ev``."""
     rows = [r for fn in (CLAIMS if claims is None else claims) for r in fn(ev)]
     return pd.DataFrame(rows, columns=list(COLUMNS))
@@ -406,21 +332,19 @@ def load_evidence(preset, store, data=None, confidence: float = intervals.CONFID
               or (key.sparsity == preset.headline_sparsity and key.schedule in preset.schedules)]
     qscores = {key: np.stack([metrics.q_score(store.load_features(c).numpy()) for c in pops[key]])
                for key in damage}
-    depths = {}
-    if data is not None:
-        for key in damage:
-            depths[key] = np.stack([metrics.prediction_depth(
-                evaluate.probe_predictions(c, store, data, preset.knn_k, preset.pd_train_images),
-                store.load_logits(c).argmax(1).numpy()) for c in pops[key][:preset.pd_models]])
+    depths = {key: np.stack([metrics.prediction_depth(
+                 evaluate.probe_predictions(c, store, data, preset.knn_k, preset.pd_train_images),
+                 store.load_logits(c).argmax(1).numpy()) for c in pops[key][:preset.pd_models]])
+              for key in damage} if data is not None else {}
     return Evidence(preds=preds, num_classes=preset.ce.num_classes,
                     headline=preset.headline_sparsity, schedules=tuple(preset.schedules),
                     methods=tuple(m for m in preset.methods if any(k.method == m for k in preds)),
                     onset=onset, accuracy=accuracy, qscores=qscores, depths=depths,
-                    scale=preset.label(), confidence=confidence, max_subsets=max_subsets)
+                    scale=preset.label(), confidence=confidence, max_subsets=max_subsets,
+                    reference=preset.reference, contrast=preset.contrast)
 
 
 def claims_table(preset, store, data=None, confidence: float = intervals.CONFIDENCE,
                  max_subsets: int = intervals.MAX_SUBSETS) -> pd.DataFrame:
-    """T1 of a study: :func:`run_claims` on :func:`load_evidence` (prediction depth only when
-    ``data`` is given)."""
+    """T1 of a study: :func:`run_claims` on :func:`load_evidence` (prediction depth only with ``data``)."""
     return run_claims(load_evidence(preset, store, data, confidence, max_subsets))

@@ -1,27 +1,23 @@
 """Is a folder a run store? ``make clean-runs`` deletes one only after asking this module:
-
-    python -m pcl.clean_runs --is-store DIR    # exit 0 when DIR is a run store, else 1 and why
-"""
+``python -m pcl.clean_runs --is-store DIR`` exits 0 when DIR is a run store, else 1 and says why."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from .store import STORE_MARKER, _is_run_hash
+from .store import STORE_MARKER, _is_hex
 
-#: Entries a store root may hold besides method folders: the submitit executor's default log folder.
+#: Entries a store root may hold besides method folders: submitit's default log folder, the table cache.
 STORE_ROOT_EXTRAS = (".submitit", ".tables")
 
 
 def not_a_store_reason(root: str | Path) -> str | None:
     """Why ``root`` is not a run store, or None when it is one (or is empty, or does not exist).
-
     A run store holds the marker file :data:`STORE_MARKER` (written with its first run), method
     folders (plus :data:`STORE_ROOT_EXTRAS`), and in a method folder only run folders named by a
     12-hex-digit run hash. Checked before deleting a store wholesale, so that a mistyped path (the
-    repository, a home folder, a folder of empty folders) is refused rather than removed.
-    """
+    repository, a home folder, a folder of empty folders) is refused rather than removed."""
     if str(root).strip() == "":
         return "no folder given"
     root = Path(root)
@@ -39,18 +35,12 @@ def not_a_store_reason(root: str | Path) -> str | None:
         if entry.is_symlink() or not entry.is_dir() or entry.name.startswith("."):
             return f"{entry} is not a method folder of runs"
         for run in sorted(entry.iterdir()):
-            if run.is_symlink() or not run.is_dir() or not _is_run_hash(run.name):
+            if run.is_symlink() or not run.is_dir() or not _is_hex(run.name, 12):
                 return f"{run} is not a run folder (a folder named by a 12-hex-digit run hash)"
     return None
 
 
-def is_run_store(root: str | Path) -> bool:
-    """True when ``root`` is a run store, an empty folder or absent (:func:`not_a_store_reason`)."""
-    return not_a_store_reason(root) is None
-
-
 def _main(argv: list[str] | None = None) -> int:
-    """``python -m pcl.clean_runs --is-store DIR``: exit 0 when DIR is a run store, else 1 with the reason."""
     ap = argparse.ArgumentParser(prog="python -m pcl.clean_runs",
                                  description="Check that a folder is a run store before deleting it.")
     ap.add_argument("--is-store", metavar="DIR", required=True,

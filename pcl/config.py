@@ -1,13 +1,8 @@
 """Run configuration, validation, hashing, and what a preset (one study) is.
 
-One frozen :class:`RunConfig` describes one training run completely; its hash names the run's
-folder in the run store (as open_lth does). A :class:`Preset` describes a whole study: its
-methods and their base configs, the seeds, sparsities, schedules and evaluation settings (the
-named presets are in :mod:`pcl.presets`).
-
-What a ``method`` or a ``pruning`` schedule means (its allowed names, the fields and hparams it
-owns, a run's parent) is read from the registries of :mod:`pcl.registry`, filled by
-:mod:`pcl.methods` and :mod:`pcl.schedules` (which sit above this module: a method builds models).
+A :class:`RunConfig`'s hash names its run's folder (docs/ARCHITECTURE.md, "Parameters and run
+names"); a ``method`` or ``pruning`` schedule means what its :mod:`pcl.registry` entry says.
+The named presets are in :mod:`pcl.presets`.
 """
 from __future__ import annotations
 
@@ -37,13 +32,11 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
 
 
 def _method(name: str) -> Any:
-    """The registered method ``name`` (:mod:`pcl.methods`), or a ConfigError naming the allowed."""
     _choice("method", name, METHODS.names())
     return METHODS.get(name)
 
 
 def _schedule(name: str) -> Any:
-    """The registered pruning schedule ``name`` (:mod:`pcl.schedules`), or a ConfigError."""
     _choice("pruning schedule", name, SCHEDULES.names())
     return SCHEDULES.get(name)
 
@@ -107,7 +100,6 @@ class RunConfig:
     def __post_init__(self) -> None:
         validate(self)
 
-    # --- derived -----------------------------------------------------------------------------
     def entries(self) -> tuple[Entry, Entry]:
         """(method entry, schedule entry) of this run."""
         return _method(self.method), _schedule(self.pruning)
@@ -145,8 +137,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown config fields {sorted(unknown)}")
         d = dict(d)
@@ -158,10 +149,8 @@ class RunConfig:
 
     def run_hash(self) -> str:
         """A 12-hex-digit hash of the fields that differ from their defaults: the run's folder name.
-
-        As in open_lth, a field added later with a default never renames a stored run. The price:
-        a default, once released, must never change (that would rename runs silently).
-        """
+        As in open_lth, a field added later with a default never renames a stored run; the price:
+        a default, once released, must never change (that would rename runs silently)."""
         default = RunConfig().to_dict()
         diff = {k: v for k, v in self.to_dict().items() if v != default[k]}
         blob = json.dumps(diff, sort_keys=True, separators=(",", ":"))
@@ -178,16 +167,17 @@ def canonical(cfg: RunConfig, **hparams: Any) -> RunConfig:
     """``cfg`` (with ``hparams`` set) as the run it is, so equal runs hash equally: every field
     other entries own (and ``synthetic_size`` off synthetic data) at its default, and only its
     own hparams that differ from their defaults kept."""
-    d = RunConfig()
-    unused = (METHODS.owned() | SCHEDULES.owned()) - set(cfg.entries()[0].owns + cfg.entries()[1].owns)
+    method, schedule = cfg.entries()
+    unused = (METHODS.owned() | SCHEDULES.owned()) - set(method.owns + schedule.owns)
     if cfg.dataset != "synthetic":
         unused.add("synthetic_size")
-    own = _own_hparams(cfg)
+    own = method.hparams | schedule.hparams
     unknown = set(hparams) - set(own)
     if unknown:
         raise ConfigError(f"unknown hparams {sorted(unknown)} for method {cfg.method!r} and "
                           f"schedule {cfg.pruning!r}; theirs: {sorted(own)}")
     hp = {k: v for k, v in (dict(cfg.hparams) | hparams).items() if k in own and v != own[k]}
+    d = RunConfig()
     return replace(cfg, hparams=tuple(sorted(hp.items())), **{f: getattr(d, f) for f in unused})
 
 
@@ -203,14 +193,12 @@ def _check_types(c: RunConfig) -> None:
     finite real numbers; ``X | None`` allows None), so a typo like ``epochs=2.5`` fails loudly."""
     for f in dataclasses.fields(c):
         v, ann = getattr(c, f.name), str(f.type)
-        if ann.endswith("| None"):
-            if v is None:
-                continue
-            ann = ann[: -len("| None")].strip()
-        ok = {"int": isinstance(v, int) and not isinstance(v, bool),
-              "float": isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-              "str": isinstance(v, str),
-              "bool": isinstance(v, bool),
+        if v is None and ann.endswith("| None"):
+            continue
+        ann = ann.removesuffix("| None").strip()
+        real = isinstance(v, (int, float)) and not isinstance(v, bool)
+        ok = {"int": real and isinstance(v, int), "float": real and math.isfinite(v),
+              "str": isinstance(v, str), "bool": isinstance(v, bool),
               "tuple[float, ...]": isinstance(v, tuple) and all(
                   isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)}.get(ann, True)
         if not ok:
@@ -275,16 +263,12 @@ def validate(c: RunConfig) -> None:
     _check_hparams(c)
 
 
-# ------------------------------------------------------------------------------------------------
-# Presets
-# ------------------------------------------------------------------------------------------------
+# --- presets --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Preset:
-    """A whole study: base configs per method, populations, pruning grid and evaluation.
-
-    ``ce`` and ``supcon`` are the two base configs; every method in ``methods`` starts from the
-    one its registry entry names (``Method.like``: SimCLR from ``supcon``), with its own name.
-    """
+    """A whole study: base configs per method, populations, pruning grid and evaluation. Every
+    method in ``methods`` starts from the base config (``ce`` or ``supcon``) its registry entry
+    names (``Method.like``: SimCLR from ``supcon``), with its own name."""
 
     name: str
     description: str
@@ -299,7 +283,6 @@ class Preset:
     onset_begins: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.6)
     onset_duration: float = 0.2375  # same length as gmp_early
     onset_sparsity: float = 0.9
-    onset_methods: tuple[str, ...] | None = None  # methods the onset sweep trains; None: all
     # schedules whose runs (at onset_sparsity) are also points of the onset curve, e.g. gmp_early
     # when its window has the sweep's duration: the sweep then starts at its begin
     onset_points_from: tuple[str, ...] = ()
@@ -355,11 +338,9 @@ def resolve_device(device: Any = None):
 
 
 def native_bf16(device: str | None = None) -> bool:
-    """Does ``device`` (default: CUDA if present, else the CPU) compute bf16 natively?
-
-    CUDA GPUs do; a CPU does when it has avx512_bf16 or AMX (there bf16 autocast trains about 2x
-    faster than fp32; elsewhere it is emulated and slower, so fp32 is used).
-    """
+    """Does ``device`` (default: :func:`resolve_device`'s) compute bf16 natively? CUDA GPUs do; a
+    CPU with avx512_bf16 or AMX does (bf16 autocast then trains about 2x faster than fp32;
+    elsewhere it is emulated and slower, so fp32 is used)."""
     import torch
 
     if resolve_device(device).type == "cuda":
@@ -372,9 +353,9 @@ def native_bf16(device: str | None = None) -> bool:
     return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
 
 
-def resolve_precision(precision: str = "auto", device: str | None = None) -> str:
+def resolve_precision(precision: str = "auto") -> str:
     """'auto' -> 'bf16' where the hardware computes it natively, else 'fp32'."""
     if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if native_bf16() else "fp32"
     _choice("precision", precision, ("auto",) + PRECISIONS)
     return precision

@@ -1,13 +1,11 @@
-"""CIFAR-10 as uint8 tensors: torchvision's download, an image-folder export, or synthetic data.
-
-Images are returned as ``(N, 3, 32, 32)`` uint8 tensors and ``(N,)`` int64 labels, in CIFAR-10's
-canonical class order. Decoding happens once; the result is cached next to the data as a ``.pt``
-file (written atomically) so that later loads take seconds. The cache of an image-folder export is
-used only while its per-class image counts match the folder's (an export that gained or lost files
-is decoded again, with a warning); an image that cannot be decoded is an error naming its file.
+"""CIFAR-10 as uint8 tensors: torchvision's download, an image-folder export, or synthetic data
+(README.md, "Data"). The decoded data is cached next to it (written atomically); an image-folder
+cache is used only while its per-class image counts match the folder's (an export that gained or
+lost files is decoded again, with a warning); an image that cannot be decoded is an error naming it.
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -69,14 +67,10 @@ def folder_counts(root: str | Path) -> dict[str, list[int]]:
                     for c in CLASSES] for split in ("train", "test")}
 
 
-def _split_counts(labels: torch.Tensor) -> list[int]:
-    return torch.bincount(labels, minlength=len(CLASSES)).tolist()
-
-
 def _count_mismatch(blob: dict, counts: dict[str, list[int]]) -> str | None:
     """Where a cached dataset's per-class counts differ from the folder's, or None."""
     for split, want in counts.items():
-        have = _split_counts(blob[split][1])
+        have = torch.bincount(blob[split][1], minlength=len(CLASSES)).tolist()
         if len(have) != len(want):
             return f"{split} has {len(want)} classes, the cache {len(have)}"
         for cls, h, w in zip(CLASSES, have, want, strict=True):
@@ -86,15 +80,18 @@ def _count_mismatch(blob: dict, counts: dict[str, list[int]]) -> str | None:
 
 
 def _decode(f: Path) -> np.ndarray:
-    """One image as HWC uint8 RGB; a file PIL cannot read is a :class:`DataError` naming it."""
+    """One 32x32 image as HWC uint8 RGB; a file PIL cannot read is a :class:`DataError` naming it."""
     from PIL import Image
 
     try:
         with Image.open(f) as im:
-            return np.asarray(im.convert("RGB"))
+            arr = np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as e:  # truncated, corrupt, or not an image at all
         raise DataError(f"cannot decode image {f} ({type(e).__name__}: {e}); the file is truncated "
                         "or corrupt: export it again, or delete it") from e
+    if arr.shape != (32, 32, 3):
+        raise DataError(f"{f} is {arr.shape[1]}x{arr.shape[0]}, CIFAR-10 images are 32x32")
+    return arr
 
 
 def _load_folder_split(root: Path, split: str) -> Split:
@@ -108,12 +105,8 @@ def _load_folder_split(root: Path, split: str) -> Split:
         files = _image_files(base / cls)
         if not files:
             raise DataError(f"no .png/.jpg images in {base / cls}")
-        for f in files:
-            arr = _decode(f)
-            if arr.shape != (32, 32, 3):
-                raise DataError(f"{f} is {arr.shape[1]}x{arr.shape[0]}, CIFAR-10 images are 32x32")
-            images.append(arr)
-            labels.append(label)
+        images += [_decode(f) for f in files]
+        labels += [label] * len(files)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return Split(x, torch.tensor(labels, dtype=torch.int64))
 
@@ -141,11 +134,8 @@ def detect_source(root: Path) -> str:
 
 def load_cifar10(root: str | Path | None = None, source: str = "auto",
                  download: bool = True) -> Dataset:
-    """Load CIFAR-10 from ``root`` (default :func:`default_root`), decoding once and caching.
-
-    ``source``: 'folder' (an image-folder export), 'torchvision' (the original release,
-    downloaded when ``download``), or 'auto' (folder if ``root/train`` exists).
-    """
+    """Load CIFAR-10 from ``root`` (default :func:`default_root`), decoding once and caching;
+    ``source``: 'folder', 'torchvision' (downloaded when ``download``) or 'auto' (README.md, "Data")."""
     if source not in SOURCES:
         raise DataError(f"unknown data source {source!r}; allowed: {SOURCES}")
     root = Path(root) if root is not None else default_root()
@@ -169,13 +159,11 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto",
         train, test = _load_folder_split(root, "train"), _load_folder_split(root, "test")
     else:
         root.mkdir(parents=True, exist_ok=True)
-        train = _load_torchvision_split(root, True, download)
-        test = _load_torchvision_split(root, False, download)
+        train, test = (_load_torchvision_split(root, t, download) for t in (True, False))
     if len(train) != 50000 or len(test) != 10000:
         raise DataError(f"{root}: expected 50,000 train and 10,000 test images, found "
                         f"{len(train)} and {len(test)}")
-    atomic_save({"train": (train.images, train.labels), "test": (test.images, test.labels)},
-                       cache)
+    atomic_save({"train": (train.images, train.labels), "test": (test.images, test.labels)}, cache)
     return Dataset(train, test, f"cifar10-{source}")
 
 
@@ -188,8 +176,7 @@ def synthetic_cifar(n_train: int, n_test: int | None = None, num_classes: int = 
     stripes = torch.linspace(0, 3.14 * 4, 32)
 
     def make(n: int) -> Split:
-        y = torch.arange(n) % num_classes
-        y = y[torch.randperm(n, generator=g)]
+        y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
         phase = (y.float() * 0.7)[:, None, None, None]
         pattern = 0.2 * torch.sin(stripes[None, None, None, :] + phase)
         x = protos[y] + pattern + 0.15 * torch.randn(n, 3, 32, 32, generator=g)
@@ -212,23 +199,15 @@ def balanced_subset(split: Split, per_class: int, num_classes: int = 10, seed: i
 
 
 def load_for_config(cfg, root: str | Path | None = None) -> Dataset:
-    """The dataset a :class:`~pcl.config.RunConfig` asks for (subset applied to train only)."""
+    """The dataset a :class:`~pcl.config.RunConfig` asks for, with its balanced subsets if any."""
     if cfg.dataset == "synthetic":
         ds = synthetic_cifar(cfg.synthetic_size, num_classes=cfg.num_classes)
     else:
-        ds = _cached_cifar(str(root) if root is not None else str(default_root()))
-    train, test = ds.train, ds.test
-    if cfg.train_per_class is not None:
-        train = balanced_subset(train, cfg.train_per_class, cfg.num_classes)
-    if cfg.test_per_class is not None:
-        test = balanced_subset(test, cfg.test_per_class, cfg.num_classes)
-    return Dataset(train, test, ds.name)
+        ds = _cached_cifar(str(root if root is not None else default_root()))
+    sub = lambda s, n: s if n is None else balanced_subset(s, n, cfg.num_classes)
+    return Dataset(sub(ds.train, cfg.train_per_class), sub(ds.test, cfg.test_per_class), ds.name)
 
 
-_MEMO: dict[str, Dataset] = {}
-
-
+@functools.cache
 def _cached_cifar(root: str) -> Dataset:
-    if root not in _MEMO:
-        _MEMO[root] = load_cifar10(root)
-    return _MEMO[root]
+    return load_cifar10(root)

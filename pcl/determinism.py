@@ -1,9 +1,5 @@
-"""CUDA determinism for training: what two same-seed CUDA runs need to give identical weights.
-
-On CUDA, cuDNN picks convolution algorithms (some nondeterministic in their backward pass) and
-cuBLAS may reduce in a varying order; torch's reproducibility notes list the switches. The CPU is
-deterministic without them. ``env.json`` records the settings (:meth:`CudaDeterminism.record`).
-"""
+"""CUDA determinism for training: the switches (torch's reproducibility notes) two same-seed CUDA
+runs need to give identical weights; the CPU is deterministic without them."""
 from __future__ import annotations
 
 import os

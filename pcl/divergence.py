@@ -1,17 +1,5 @@
-"""When a run has diverged: the criterion ``train.fit`` checks after every epoch (README: Divergence).
-
-A run diverged, and is stopped and never marked finished, when
-
-* a step's loss is not finite, or larger than :data:`LOSS_LIMIT` in magnitude (every loss here is
-  O(1) to O(100): cross-entropy starts at ln(classes), SupCon/SimCLR at about
-  ``temperature / base_temperature * ln(2 * batch)``; ``base_temperature=1e-8`` gives ~1e8); or
-* the L2 norm of the parameters a phase trains is not finite, or grew more than
-  :data:`NORM_GROWTH`-fold (from at least 1) since the phase started (weight decay keeps a sane
-  run's norm within a few-fold); or, before any step,
-* a contrastive run's logits, cosine similarity / ``temperature``, could exceed
-  :data:`LOGIT_LIMIT` in magnitude: fp32 then rounds them in steps of 0.06 or coarser, and the
-  loss compares rounding noise (``temperature=1e-8`` trains to chance accuracy with a small loss).
-"""
+"""When a run has diverged: the criterion ``train.fit`` checks after every epoch. README (Presets,
+**Divergence**) gives the three tests, their limits below and why each sits where it does."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -21,13 +9,13 @@ import torch
 from .config import RunConfig
 from .methods import get as get_method
 
-LOSS_LIMIT = 1e6
-NORM_GROWTH = 1e3
-LOGIT_LIMIT = 1e6
+LOSS_LIMIT = 1e6  # |loss| of a step; every loss here is O(1) to O(100)
+NORM_GROWTH = 1e3  # growth of the parameter norm since the phase started (weight decay keeps a few-fold)
+LOGIT_LIMIT = 1e6  # 1 / temperature: beyond it fp32 rounds logits in steps of 0.06 or coarser
 
 
 class DivergedError(FloatingPointError):
-    """A run's loss or weights blew up (see the module docstring): it is stopped, never finished."""
+    """A run's loss or weights blew up (README, Presets: Divergence): it is stopped, never finished."""
 
 
 def param_norm(params: Iterable[torch.Tensor]) -> float:

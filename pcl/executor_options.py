@@ -31,24 +31,18 @@ def parse_minutes(value: Any) -> float:
     """A time limit in minutes from a number of minutes or a SLURM time string
     ('MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM', 'D-HH:MM:SS')."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value <= 0:
-            raise ValueError(f"time limit must be positive; got {value!r}")
-        return float(value)
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(value).strip())
-    if not m:
-        raise ValueError(f"time limit {value!r} is not minutes or a SLURM time "
-                         f"(MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)")
-    days, a, b, c = m.groups()
-    parts = [int(x) for x in (a, b, c) if x is not None]
-    if days is not None:  # D-HH[:MM[:SS]]
-        parts += [0] * (3 - len(parts))
-        minutes = int(days) * 1440 + parts[0] * 60 + parts[1] + parts[2] / 60
-    elif len(parts) == 1:
-        minutes = parts[0]
-    elif len(parts) == 2:  # MM:SS
-        minutes = parts[0] + parts[1] / 60
+        minutes = float(value)
     else:
-        minutes = parts[0] * 60 + parts[1] + parts[2] / 60
+        m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(value).strip())
+        if not m:
+            raise ValueError(f"time limit {value!r} is not minutes or a SLURM time "
+                             f"(MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)")
+        days, *rest = m.groups()
+        parts = [int(x) for x in rest if x is not None]
+        if days is None and len(parts) < 3:  # MM or MM:SS: no hours
+            parts.insert(0, 0)
+        hours, mins, secs = parts + [0] * (3 - len(parts))
+        minutes = int(days or 0) * 1440 + hours * 60 + mins + secs / 60
     if minutes <= 0:
         raise ValueError(f"time limit must be positive; got {value!r}")
     return minutes
@@ -57,12 +51,10 @@ def parse_minutes(value: Any) -> float:
 def parse_sbatch_extra(extra: str | dict | None) -> dict[str, Any]:
     """Extra sbatch parameters from ``'account=abc,qos=high --mem=32G exclusive'`` (commas or
     spaces; leading dashes optional; a bare flag is True) or a dict, as submitit wants them."""
-    if extra is None or extra == "":
-        return {}
     if isinstance(extra, dict):
         return dict(extra)
     out: dict[str, Any] = {}
-    for item in re.split(r"[,\s]+", str(extra).strip()):
+    for item in re.split(r"[,\s]+", "" if extra is None else str(extra).strip()):
         if not item:
             continue
         key, sep, val = item.lstrip("-").partition("=")
@@ -101,14 +93,12 @@ def check_options(executor: str, options: dict | None) -> dict:
 def task_options(opts: dict) -> dict:
     """The executor_options a worker passes on to ``train_leased`` with every run."""
     return {"device": opts.get("device"), "threads": opts.get("threads"),
-            "cudnn_benchmark": bool(opts.get("cudnn_benchmark", False)),
-            "compile": bool(opts.get("compile", False))}
+            "cudnn_benchmark": bool(opts.get("cudnn_benchmark")), "compile": bool(opts.get("compile"))}
 
 
 def cluster_options(executor: str = "local", partition: str | None = None, gpus: int | None = None,
-                    time_limit: Any = None, array_parallelism: int | None = None,
-                    log_dir: str | None = None, extra: str | dict | None = None,
-                    stale_after: float | None = None) -> dict:
+                    time_limit: Any = None, array_parallelism: int | None = None, log_dir: str | None = None,
+                    extra: str | dict | None = None, stale_after: float | None = None) -> dict:
     """``executor_options`` from the notebooks' ``slurm_*`` and ``stale_after`` parameters
     (``make reproduce``'s SLURM_* and STALE_AFTER variables): those ``executor`` uses, empty
     values left out."""
@@ -136,24 +126,23 @@ def make_submitit_executor(kind: str, folder: str | Path, opts: dict) -> Any:
         gpus = opts.get("gpus", 1 if torch.cuda.is_available() else 0)
         if gpus:
             params["gpus_per_node"] = int(gpus)
-        ex.update_parameters(**params)
-        return ex
-    if kind != "slurm":
+    elif kind == "slurm":
+        ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=requeues)
+        params = {"job_name": "pcl"}
+        if opts.get("partition"):
+            params["partition"] = str(opts["partition"])
+        if opts.get("time"):
+            params["time"] = max(1, round(parse_minutes(opts["time"])))
+        if opts.get("gpus") is not None:
+            params["gpus_per_node"] = int(opts["gpus"])
+        if opts.get("array_parallelism"):
+            params["array_parallelism"] = int(opts["array_parallelism"])
+        if opts.get("signal_delay"):  # seconds before the time limit that submitit checkpoints
+            params["signal_delay_s"] = int(opts["signal_delay"])
+        extra = parse_sbatch_extra(opts.get("extra"))
+        if extra:
+            params["additional_parameters"] = extra
+    else:
         raise ValueError(f"unknown submitit executor {kind!r}; allowed: 'submitit-local', 'slurm'")
-    ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=requeues)
-    params = {"job_name": "pcl"}
-    if opts.get("partition"):
-        params["partition"] = str(opts["partition"])
-    if opts.get("time"):
-        params["time"] = max(1, round(parse_minutes(opts["time"])))
-    if opts.get("gpus") is not None:
-        params["gpus_per_node"] = int(opts["gpus"])
-    if opts.get("array_parallelism"):
-        params["array_parallelism"] = int(opts["array_parallelism"])
-    if opts.get("signal_delay"):  # seconds before the time limit that submitit checkpoints
-        params["signal_delay_s"] = int(opts["signal_delay"])
-    extra = parse_sbatch_extra(opts.get("extra"))
-    if extra:
-        params["additional_parameters"] = extra
     ex.update_parameters(**params)
     return ex

@@ -1,28 +1,11 @@
-"""Where the runs of a study train: local worker processes, submitit jobs, or a SLURM cluster.
-
-Every executor runs the same unit of work, :func:`train_leased`: take the run's lease
-(:mod:`pcl.lease`), train it with :func:`pcl.train.train_run` (which resumes from the run's last
-epoch checkpoint) while refreshing the lease every epoch, release the lease. A run that another
-worker holds comes back as ``busy`` and is retried later; a finished run is never trained again.
-
-Executors (``run(..., executor=...)``):
-
-* ``local``: worker processes on this machine (one torch thread each on CPU; on CUDA at most
-  ``workers_per_gpu`` of them, default 1, share each visible GPU), each a fresh interpreter that
-  imports ``pcl`` (a script calling ``run_all`` needs no ``__main__`` guard). A worker dies with
-  the process that started it: it asks the kernel for a signal when its parent dies (Linux) and
-  also watches its parent id, and on that signal releases its lease and exits.
-* ``submitit-local``: submitit's ``LocalExecutor``; each run a real job in its own process.
-* ``slurm``: submitit's ``SlurmExecutor``; runs go out as job arrays. A job that is pre-empted or
-  reaches its time limit is requeued by submitit (:class:`TrainJob` is ``Checkpointable``) and
-  resumes from its last epoch checkpoint. A job SLURM no longer lists that left no result
-  (cancelled, killed) fails its run, naming its log. submitit is needed only by these two.
-
-Runs whose parent (``cfg.parent()``: a one-shot run's dense run) is not finished wait for it. One
-progress bar counts finished runs; calling again submits only what is missing.
-"""
+"""Where the runs of a study train, ``run(..., executor=...)``: ``local`` (worker processes; README:
+Speed, GPU), ``submitit-local`` or ``slurm`` (submitit jobs, job arrays on SLURM; README: Running
+the paper preset on a SLURM cluster). Every executor runs one unit of work, :func:`train_leased`
+(take the run's lease, train or resume it, release the lease); a run another worker holds comes
+back ``busy`` and is retried later, and a run waits for its unfinished parent (``cfg.parent()``)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -43,7 +26,7 @@ except ImportError:
 from .config import RunConfig
 from .executor_options import check_options, make_submitit_executor, task_options
 from .executor_options import cluster_options as cluster_options  # the notebooks' entry point
-from .lease import DEFAULT_STALE_AFTER, LEASE_NAME, LOG_NAME, Lease, LeaseCallback, LeaseLostError
+from .lease import DEFAULT_STALE_AFTER, LEASE_NAME, LOG_NAME, Lease, LeaseCallback, LeaseLostError, read_lease
 from .plan import Plan
 from .store import RunStore
 
@@ -58,8 +41,7 @@ class RunsFailedError(RuntimeError):
                          f"already stored. First failure, run {first_hash}:\n{first}")
 
 
-# ------------------------------------------------------------------------------------------------
-# the unit of work
+# --- the unit of work ---------------------------------------------------------------------------
 def _summary(cfg: RunConfig, store: RunStore, status: str, trained: bool) -> dict:
     hist = store.load_history(cfg)
     return {"hash": cfg.run_hash(), "status": status, "trained": trained,
@@ -70,12 +52,10 @@ def train_leased(cfg: RunConfig | dict, store: RunStore | str | Path, data_root:
                  device: str | None = None, threads: int | None = None,
                  stale_after: float = DEFAULT_STALE_AFTER, token: str | None = None,
                  cudnn_benchmark: bool = False, compile: bool = False) -> dict:
-    """Train one run under its lease (``cudnn_benchmark``, ``compile``: see ``train_run``).
-
-    Returns ``{'hash', 'status': 'done', 'trained', 'test_acc', 'sparsity'}`` once the run is
-    finished (``trained``: by this call), or ``{'hash', 'status': 'busy', 'holder'}`` when another
-    live worker holds the run (or took it over from this one). ``token``: see :class:`Lease`.
-    """
+    """Train one run under its lease (``cudnn_benchmark``, ``compile``: see ``train_run``; ``token``:
+    see :class:`Lease`). Returns ``{'hash', 'status': 'done', 'trained', 'test_acc', 'sparsity'}``
+    once the run is finished (``trained``: by this call), or ``{'hash', 'status': 'busy', 'holder'}``
+    when another live worker holds the run (or took it over from this one)."""
     from .train import train_run
 
     cfg = RunConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
@@ -85,7 +65,7 @@ def train_leased(cfg: RunConfig | dict, store: RunStore | str | Path, data_root:
     d = store.path(cfg)
     lease = Lease(d / LEASE_NAME, stale_after, token=token, log=d / LOG_NAME)
     if not lease.acquire():
-        return {"hash": cfg.run_hash(), "status": "busy", "holder": lease.holder()}
+        return {"hash": cfg.run_hash(), "status": "busy", "holder": read_lease(lease.path)}
     cb = LeaseCallback(lease)
     outcome = "failed"
     try:
@@ -95,91 +75,60 @@ def train_leased(cfg: RunConfig | dict, store: RunStore | str | Path, data_root:
         store.clean_orphans(cfg)
         lease.log("train", resume=(d / "checkpoint.pt").exists())
         try:
-            train_run(cfg, store, data_root=data_root, device=device, progress=False,
-                      threads=threads, callbacks=(cb,), cudnn_benchmark=cudnn_benchmark,
-                      compile=compile)
+            train_run(cfg, store, data_root=data_root, device=device, progress=False, threads=threads,
+                      callbacks=(cb,), cudnn_benchmark=cudnn_benchmark, compile=compile)
         except LeaseLostError:
             outcome = "lost"
-            return {"hash": cfg.run_hash(), "status": "busy", "holder": lease.holder()}
+            return {"hash": cfg.run_hash(), "status": "busy", "holder": read_lease(lease.path)}
         except (SystemExit, KeyboardInterrupt):
             outcome = "interrupted"  # pre-empted, timed out, stopped, or the parent died
             raise
         outcome = "finished"
         return _summary(cfg, store, "done", trained=True)
-    except BaseException as err:
-        _release_quietly(lease, err, outcome=outcome, first_epoch=cb.first, last_epoch=cb.last)
+    except BaseException as err:  # release, noting on ``err`` a release that fails too
+        try:
+            lease.release(outcome=outcome, first_epoch=cb.first, last_epoch=cb.last)
+        except Exception as e:
+            err.add_note(f"(releasing the lease {lease.path} also failed: {type(e).__name__}: {e})")
         raise
     finally:
         if lease.held:  # not released yet: no error is on its way out, so a failure here is news
             lease.release(outcome=outcome, first_epoch=cb.first, last_epoch=cb.last)
 
 
-def _release_quietly(lease: Lease, err: BaseException, **fields: Any) -> None:
-    """Release ``lease`` while ``err`` is on its way out: a failing release is noted on ``err``."""
-    try:
-        lease.release(**fields)
-    except Exception as e:
-        err.add_note(f"(releasing the lease {lease.path} also failed: {type(e).__name__}: {e})")
-
-
-def job_token() -> str | None:
-    """The identity of the submitit job this process runs in (the same after a requeue), or None."""
-    try:
-        env = submitit.JobEnvironment()
-    except (RuntimeError, AttributeError):  # not in a job; AttributeError: submitit not installed
-        return None
-    host = env.hostname if env.cluster == "local" else ""
-    return f"{env.cluster}:{host}:{env.job_id}"
-
-
 class TrainJob(submitit.helpers.Checkpointable if submitit else object):
-    """The callable submitted as a job: trains one run under its lease.
+    """The callable submitted as a job: trains one run under its lease. When its job is pre-empted
+    or times out, submitit requeues it (Checkpointable); called again, it resumes from the run's
+    last epoch checkpoint and takes back its own lease at once (the lease carries the job's id)."""
 
-    Checkpointable: when its job is pre-empted or times out, submitit pickles this object again and
-    requeues the job; the new process calls it again and ``train_run`` resumes from the run's last
-    epoch checkpoint in the store (the lease carries the job's id, so the requeued job takes back
-    its own lease at once).
-    """
-
-    def __init__(self, cfg: dict, store_root: str, data_root: str | None = None,
-                 device: str | None = None, threads: int | None = None,
-                 stale_after: float = DEFAULT_STALE_AFTER, cudnn_benchmark: bool = False,
-                 compile: bool = False) -> None:
-        self.cfg, self.store_root, self.data_root = cfg, store_root, data_root
-        self.device, self.threads, self.stale_after = device, threads, stale_after
-        self.cudnn_benchmark, self.compile = cudnn_benchmark, compile
+    def __init__(self, cfg: dict, store_root: str, data_root: str | None = None, device: str | None = None,
+                 threads: int | None = None, stale_after: float = DEFAULT_STALE_AFTER,
+                 cudnn_benchmark: bool = False, compile: bool = False) -> None:
+        self.args = (cfg, store_root, data_root, device, threads, stale_after)
+        self.options = {"cudnn_benchmark": cudnn_benchmark, "compile": compile}
 
     def __call__(self) -> dict:
-        return train_leased(self.cfg, self.store_root, self.data_root, self.device, self.threads,
-                            self.stale_after, token=job_token(),
-                            cudnn_benchmark=self.cudnn_benchmark, compile=self.compile)
-
-
-def _bar(plan: Plan, progress: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=len(plan.configs), initial=plan.finished_count(), desc="runs",
-                file=sys.stdout, mininterval=30, disable=not progress)
+        try:  # the lease token: the identity of this job, the same after a requeue
+            env = submitit.JobEnvironment()
+            token = f"{env.cluster}:{env.hostname if env.cluster == 'local' else ''}:{env.job_id}"
+        except (RuntimeError, AttributeError):  # not in a job; AttributeError: submitit not installed
+            token = None
+        return train_leased(*self.args, token=token, **self.options)
 
 
 def _update_bar(bar, plan: Plan) -> None:
-    n = plan.finished_count()
-    if n != bar.n:
+    if (n := plan.finished_count()) != bar.n:  # an update without change would print a refresh line
         bar.update(n - bar.n)
 
 
-# ------------------------------------------------------------------------------------------------
-# local worker processes
+# --- local worker processes ----------------------------------------------------------------------
 def _die_with_parent(parent_pid: int) -> None:
     """Make this process get SIGTERM when ``parent_pid`` dies (kernel first, a watcher second)."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             import ctypes
 
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # the parent died before the request above took effect
         os._exit(1)
 
@@ -222,8 +171,7 @@ def _gpu_ids() -> list[str]:
 
     if not torch.cuda.is_available():
         return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [x for x in visible.split(",") if x.strip()] if visible else []
+    ids = [x for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
     return ids or [str(i) for i in range(torch.cuda.device_count())]
 
 
@@ -249,13 +197,11 @@ class _Worker:
         env = dict(os.environ)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        pkg_parent = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + (
-            [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        paths = (str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         code = f"from pcl.executors import _worker_main; _worker_main({os.getpid()})"
-        self.proc = subprocess.Popen([sys.executable, "-c", code],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                     text=True, bufsize=1)
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
         self.run: str | None = None
 
     def send(self, h: str, task: dict) -> bool:
@@ -269,10 +215,8 @@ class _Worker:
         return True
 
     def stop(self, graceful: bool) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.proc.stdin.close()
-        except OSError:
-            pass
         if not graceful:
             self.proc.terminate()
         try:
@@ -283,8 +227,7 @@ class _Worker:
         self.proc.stdout.close()
 
 
-def _run_local(plan: Plan, store: RunStore, data_root: str | None, workers: int, opts: dict,
-               bar) -> None:
+def _run_local(plan: Plan, store: RunStore, data_root: str | None, workers: int, opts: dict, bar) -> None:
     task_base = {"store": str(store.root.resolve()), "data_root": data_root,
                  **task_options(opts), "stale_after": plan.stale_after}
     pool: list[_Worker] = []
@@ -335,8 +278,7 @@ def _run_local(plan: Plan, store: RunStore, data_root: str | None, workers: int,
         sel.close()
 
 
-# ------------------------------------------------------------------------------------------------
-# submitit
+# --- submitit ------------------------------------------------------------------------------------
 def _job_error(job: Any, e: BaseException) -> str:
     msg = str(e).strip()
     if len(msg) > 4000:
@@ -391,11 +333,8 @@ def _run_submitit(kind: str, plan: Plan, store: RunStore, data_root: str | None,
             plan.sweep(jobs)
             ready = plan.ready(jobs, limit=max(0, max_jobs - len(jobs)))
             if ready:
-                to = task_options(opts)
-                fns = [TrainJob(c.to_dict(), root, data_root, to["device"], to["threads"],
-                                plan.stale_after, to["cudnn_benchmark"], to["compile"])
-                       for c in ready]
-                submitted = ex.submit_array(fns)
+                submitted = ex.submit_array([TrainJob(c.to_dict(), root, data_root, **task_options(opts),
+                                                      stale_after=plan.stale_after) for c in ready])
                 for c, j in zip(ready, submitted, strict=True):
                     jobs[c.run_hash()] = j
                 if not bar.disable or kind == "slurm":
@@ -418,15 +357,9 @@ def _run_submitit(kind: str, plan: Plan, store: RunStore, data_root: str | None,
                       file=sys.stderr)
 
 
-# ------------------------------------------------------------------------------------------------
-def run(configs: Iterable[RunConfig], store: RunStore, data_root: str | None = None,
-        workers: int = 1, progress: bool = True, executor: str = "local",
-        executor_options: dict | None = None) -> list[dict]:
-    """Finish every run of ``configs`` (see the module docstring); returns one summary per run that
-    was not finished when called: ``{'hash', 'test_acc', 'sparsity', 'trained'}``.
-
-    Raises :class:`RunsFailedError` after the other runs are done when some run failed.
-    """
+def run(configs: Iterable[RunConfig], store: RunStore, data_root: str | None = None, workers: int = 1,
+        progress: bool = True, executor: str = "local", executor_options: dict | None = None) -> list[dict]:
+    """:func:`pcl.study.run_all` (returns and raises as documented there) with ``workers`` given."""
     opts = check_options(executor, executor_options)
     if workers < 1:
         raise ValueError(f"workers must be at least 1; got {workers!r}")
@@ -435,7 +368,10 @@ def run(configs: Iterable[RunConfig], store: RunStore, data_root: str | None = N
     plan.poll_interval = float(opts.get("poll") or (30.0 if executor == "slurm" else 2.0))
     if data_root is not None:
         data_root = str(Path(data_root).expanduser().resolve())
-    bar = _bar(plan, progress)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(plan.configs), initial=plan.finished_count(), desc="runs", file=sys.stdout,
+               mininterval=30, disable=not progress)
     try:
         if plan.todo:
             if executor == "local":

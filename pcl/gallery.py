@@ -1,21 +1,7 @@
-"""Which test images the PIE gallery (F9) shows: deterministic selection rules.
-
-A gallery of images invites picking the striking ones by hand; here a stated rule picks them
-instead, so the figure is the same every time and says something about the data. Rule: among a
-configuration's PIEs, those on which the **pruned population agrees most** (largest
-``pruned_share``, the fraction of its models voting for its modal label); among equal shares,
-**one image per true class in turn** (classes in label order, each class's images by smaller
-image index), so a class-sorted test split does not fill a panel with one class. A unanimous
-flip is an example that pruning reliably takes away; a tie-broken split vote is closer to noise,
-so it comes last.
-
-Unique PIEs (lost by one method, kept by another at the same schedule and sparsity) are ranked
-by the same rule, on the losing method's ``pruned_share``.
-
-Pure functions: an ``images.csv``-shaped DataFrame (:func:`pcl.evaluate.images_table`) in,
-image indices (and the table rows behind them) out. :mod:`pcl.plots` draws the panels and
-:func:`caption` describes, from the same panels, what the rule picked.
-"""
+"""Which test images the PIE gallery (F9, F9b) shows: a stated, deterministic rule (:data:`RULE`;
+README.md, "PIE gallery and the per-image table") picks them, never a hand, unanimous flips (what
+pruning reliably takes away) before tie-broken split votes (closer to noise). In: a table shaped
+like ``images.csv`` (:func:`pcl.evaluate.images_table`); out: image indices and their rows."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,30 +40,29 @@ class Panel:
 
     @property
     def title(self) -> str:
-        what = (f"lost by {self.method}, kept by {self.kept_by}" if self.kept_by
-                else f"{self.method}")
-        kind = "unique PIEs" if self.kept_by else "PIEs"
-        return (f"{what} · {self.schedule} @ {self.sparsity:g} · "
-                f"{len(self.picked)} of {self.total} {kind}")
+        what, kind = ((f"lost by {self.method}, kept by {self.kept_by}", "unique PIEs") if self.kept_by
+                      else (self.method, "PIEs"))
+        return f"{what} · {self.schedule} @ {self.sparsity:g} · {len(self.picked)} of {self.total} {kind}"
 
 
-def _check(images: pd.DataFrame) -> None:
+def _check(images: pd.DataFrame, n: int = 1) -> None:
     missing = [c for c in REQUIRED if c not in images.columns]
     if missing:
         raise ValueError(f"the per-image table lacks columns {missing}; it needs {list(REQUIRED)} "
                          "(see pcl.evaluate.images_table)")
-
-
-def _check_n(n: int) -> None:
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n (images per panel) must be a positive integer; got {n!r}")
+
+
+def _in_config(images: pd.DataFrame, method: str, schedule: str, sparsity: float) -> pd.Series:
+    return ((images["method"] == method) & (images["schedule"] == schedule)
+            & np.isclose(images["sparsity"].astype(float), float(sparsity)))
 
 
 def config_rows(images: pd.DataFrame, method: str, schedule: str, sparsity: float) -> pd.DataFrame:
     """The rows of one configuration, sorted by image; a clear error if it is absent."""
     _check(images)
-    sel = images[(images["method"] == method) & (images["schedule"] == schedule)
-                 & np.isclose(images["sparsity"].astype(float), float(sparsity))]
+    sel = images[_in_config(images, method, schedule, sparsity)]
     if sel.empty:
         have = sorted({(m, s, float(p)) for m, s, p in
                        images[["method", "schedule", "sparsity"]].itertuples(index=False)})
@@ -91,24 +76,20 @@ def config_rows(images: pd.DataFrame, method: str, schedule: str, sparsity: floa
 
 
 def rank(rows: pd.DataFrame, candidates: np.ndarray) -> np.ndarray:
-    """Positions (into ``rows``) of the candidate rows in rule order: largest pruned_share
-    first; among equal shares, round-robin over the true classes (label order), each class's
-    images by smaller index. The round-robin matters: many PIEs are unanimous, and a test split
-    sorted by class would otherwise fill every panel with its first class."""
+    """Positions (into ``rows``) of the candidate rows in :data:`RULE` order. The turns over the
+    classes matter: many PIEs are unanimous, and a test split sorted by class would otherwise fill
+    every panel with its first class."""
     candidates = np.asarray(candidates, dtype=bool)
     if candidates.shape != (len(rows),):
         raise ValueError(f"candidates must be a bool mask of shape ({len(rows)},); "
                          f"got shape {candidates.shape}")
     pos = np.flatnonzero(candidates)
     share = rows["pruned_share"].to_numpy(dtype=float)[pos]
-    image = rows["image"].to_numpy()[pos]
-    label = rows["label"].to_numpy()[pos]
+    image, label = (rows[c].to_numpy()[pos] for c in ("image", "label"))
     order = np.lexsort((image, label, -share))  # by share, then class, then index
     # turn: how many images of the same (share, class) come before this one
     turn = np.empty(len(pos), dtype=np.int64)
-    keys = list(zip(-share[order], label[order], strict=True))
-    for i, k in enumerate(keys):
-        turn[order[i]] = 0 if i == 0 or keys[i - 1] != k else turn[order[i - 1]] + 1
+    turn[order] = pd.DataFrame({"s": share[order], "l": label[order]}).groupby(["s", "l"]).cumcount()
     return pos[np.lexsort((image, label, turn, -share))]  # last key is the primary one
 
 
@@ -118,40 +99,34 @@ def unique_mask(images: pd.DataFrame, lost_by: str, kept_by: str, schedule: str,
     ``kept_by`` at the same schedule and sparsity."""
     if lost_by == kept_by:
         raise ValueError(f"lost_by and kept_by must be different methods; got {lost_by!r} twice")
-    a = config_rows(images, lost_by, schedule, sparsity)
-    b = config_rows(images, kept_by, schedule, sparsity)
+    a, b = (config_rows(images, m, schedule, sparsity) for m in (lost_by, kept_by))
     if not np.array_equal(a["image"].to_numpy(), b["image"].to_numpy()):
         raise ValueError(f"{lost_by!r} and {kept_by!r} at ({schedule!r}, {sparsity}) cover "
                          f"different test images ({len(a)} vs {len(b)} rows); cannot compare")
     return a, a["pie"].to_numpy(bool) & ~b["pie"].to_numpy(bool)
 
 
-def _panel(rows: pd.DataFrame, mask: np.ndarray, n: int, method: str, schedule: str,
-           sparsity: float, kept_by: str | None = None) -> Panel:
+def _panel(images: pd.DataFrame, method: str, schedule: str, sparsity: float, n: int,
+           kept_by: str | None = None) -> Panel:
+    """The panel of ``method``'s PIEs, or with ``kept_by`` of its unique PIEs against that method."""
+    if kept_by is None:
+        rows = config_rows(images, method, schedule, sparsity)
+        mask = rows["pie"].to_numpy(bool)
+    else:
+        rows, mask = unique_mask(images, method, kept_by, schedule, sparsity)
     order = rank(rows, mask)[:n]
     cols = list(SHOWN) + (["pruned_ties"] if "pruned_ties" in rows.columns else [])
-    return Panel(method, schedule, float(sparsity),
-                 rows.iloc[order][cols].reset_index(drop=True), int(mask.sum()), kept_by)
-
-
-def _has(images: pd.DataFrame, method: str, schedule: str, sparsity: float) -> bool:
-    return bool(((images["method"] == method) & (images["schedule"] == schedule)
-                 & np.isclose(images["sparsity"].astype(float), float(sparsity))).any())
+    return Panel(method, schedule, float(sparsity), rows.iloc[order][cols].reset_index(drop=True),
+                 int(mask.sum()), kept_by)
 
 
 def gallery_panels(images: pd.DataFrame, sparsity: float, schedules: Sequence[str],
                    n: int = 24) -> list[Panel]:
     """F9: one panel per (method, schedule of ``schedules``: the preset's) present at
     ``sparsity``, method-major, each with up to ``n`` PIEs by :data:`RULE`."""
-    _check(images)
-    _check_n(n)
-    out = []
-    for m in sorted(images["method"].unique()):
-        for sch in schedules:
-            if _has(images, m, sch, sparsity):
-                rows = config_rows(images, m, sch, sparsity)
-                out.append(_panel(rows, rows["pie"].to_numpy(bool), n, m, sch, sparsity))
-    return out
+    _check(images, n)
+    return [_panel(images, m, sch, sparsity, n) for m in sorted(images["method"].unique())
+            for sch in schedules if _in_config(images, m, sch, sparsity).any()]
 
 
 def unique_panels(images: pd.DataFrame, sparsity: float, schedules: Sequence[str],
@@ -159,15 +134,10 @@ def unique_panels(images: pd.DataFrame, sparsity: float, schedules: Sequence[str
     """F9b: for every ordered pair of methods (both directions) and every schedule where both
     are present at ``sparsity``, up to ``n`` PIEs lost by the first and kept by the second, by
     :data:`RULE`; pair-major, schedule-minor."""
-    _check(images)
-    _check_n(n)
-    out = []
-    for a, b in permutations(sorted(images["method"].unique()), 2):
-        for sch in schedules:
-            if _has(images, a, sch, sparsity) and _has(images, b, sch, sparsity):
-                rows, mask = unique_mask(images, a, b, sch, sparsity)
-                out.append(_panel(rows, mask, n, a, sch, sparsity, kept_by=b))
-    return out
+    _check(images, n)
+    return [_panel(images, a, sch, sparsity, n, kept_by=b)
+            for a, b in permutations(sorted(images["method"].unique()), 2) for sch in schedules
+            if all(_in_config(images, m, sch, sparsity).any() for m in (a, b))]
 
 
 def caption(panels: Sequence[Panel]) -> str:

@@ -1,26 +1,13 @@
-"""Intervals that carry seed noise: a jackknife over seeds, the one interval method behind every
-PIE count and every claim (T1).
+"""Intervals that carry seed noise (PROTOCOL.md, "Claims and how each is tested"): a jackknife over
+seeds, the one interval method behind every PIE count and every claim (T1).
 
-The sampling unit is the **seed**: row ``j`` of every population (models ordered by seed) is one
-unit, so a pruned population's row ``j`` is dropped together with the dense population's row ``j``
-and the noise-floor population's row ``j`` (seed ``S + j``). A statistic is recomputed on subsets
-that keep ``n - d`` of the ``n`` units (all of them, or ``max_subsets`` random ones), and::
-
-    se^2 = (n - d) / d * mean over subsets of (stat(subset) - mean stat(subsets))^2
-
-with ``d = max(1, n // 4)``: the delete-one jackknife up to 7 seeds (the study's 5), a quarter of
-the seeds beyond; no interval below :data:`MIN_UNITS` seeds. The interval is ``estimate +/- z * se``.
-
-Why (PROTOCOL.md, "Claims and how each is tested"): resampling seeds with replacement duplicates
-models and inflates PIE counts (intervals ~11x too wide); the delete-one jackknife is inconsistent
-for modal statistics (step functions of the votes), its width growing with the seeds (2.6x at 31),
-hence a quarter beyond 7; deleting half under-covers ratios. At 5 seeds ``tests/
-test_claim_simulation.py`` validates every claim's interval (a known effect, its flip, a null and
-the confounds): coverage >= 90 %, width <= 2x the spread, false verdicts <= 10 %, and the checks
-fail when the standard error is scaled by 0.7 or 1.6.
-
-The estimand is the statistic's expectation *at the populations' size* (PIE counts depend on how
-many models vote), i.e. the mean over independent replications of the whole study.
+Row ``j`` of every population (models ordered by seed) is one unit, dropped from the pruned, dense
+and floor populations together. A statistic is recomputed on subsets that keep ``n - d`` of the
+``n`` units, ``se^2 = (n - d) / d * mean over subsets of (stat(subset) - mean)^2`` and the interval
+is ``estimate +/- z * se``. ``d = max(1, n // 4)``: delete-one up to 7 seeds (the study's 5), as
+beyond that the delete-one jackknife is inconsistent for modal statistics (step functions of the
+votes), its width growing with the seeds (2.6x at 31), and deleting half under-covers ratios. The
+estimand is the expectation *at the populations' size* (PIE counts depend on how many models vote).
 """
 from __future__ import annotations
 
@@ -40,22 +27,14 @@ MIN_UNITS = 5
 Stat = Callable[[Mapping[Hashable, np.ndarray]], Any]
 
 
-def default_delete(n: int) -> int:
-    """Seeds deleted per subset: a quarter of them, at least one (the delete-one jackknife up to
-    7 seeds)."""
-    return max(1, n // 4)
-
-
 def seed_subsets(n: int, delete: int | None = None, max_subsets: int = MAX_SUBSETS,
                  seed: int = 0) -> np.ndarray:
-    """(subsets, n - delete) sorted unit indices that each subset keeps.
-
-    Every subset when there are at most ``max_subsets``; else ``max_subsets`` random ones
-    (a fixed generator, so the table is reproducible).
-    """
+    """(subsets, n - delete) sorted unit indices that each subset keeps: every subset when there
+    are at most ``max_subsets``, else ``max_subsets`` random ones (a fixed generator, so the table is
+    reproducible). ``delete`` defaults to a quarter of the seeds, at least one."""
     if n < 2:
         raise ValueError(f"need at least 2 seeds to delete any, got n={n}")
-    d = default_delete(n) if delete is None else int(delete)
+    d = max(1, n // 4) if delete is None else int(delete)
     if not 1 <= d <= n - 1:
         raise ValueError(f"delete must be in 1..{n - 1} for n={n} seeds, got {delete}")
     if max_subsets < 2:
@@ -68,46 +47,37 @@ def seed_subsets(n: int, delete: int | None = None, max_subsets: int = MAX_SUBSE
 
 
 def units(pops: Mapping[Hashable, np.ndarray]) -> int:
-    """Number of seed units: the largest population's number of models (rows)."""
+    """Seed units: the largest population's number of models (rows)."""
     if not pops:
         raise ValueError("no populations given")
     return max(len(v) for v in pops.values())
 
 
-def keep_rows(pops: Mapping[Hashable, np.ndarray], keep: np.ndarray) -> dict[Hashable, np.ndarray]:
-    """Every population restricted to the kept units (a smaller population keeps the kept rows it
-    has)."""
-    return {k: np.asarray(v)[keep[keep < len(v)]] for k, v in pops.items()}
-
-
 def seed_replicates(pops: Mapping[Hashable, np.ndarray], stat: Stat, delete: int | None = None,
-                    max_subsets: int = MAX_SUBSETS, seed: int = 0
-                    ) -> tuple[np.ndarray, np.ndarray, int, int]:
+                    max_subsets: int = MAX_SUBSETS, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int, int]:
     """(estimate, replicates (subsets, ...), n, d): ``stat`` on all populations and on every
     subset of the seeds. ``stat`` may return a scalar or an array (one interval per element)."""
     n = units(pops)
     est = np.asarray(stat(pops), dtype=float)
     subs = seed_subsets(n, delete, max_subsets, seed)
-    reps = np.stack([np.asarray(stat(keep_rows(pops, s)), dtype=float) for s in subs])
+    # a smaller population (depth: the first few models) keeps the kept rows it has
+    kept = ({k: np.asarray(v)[s[s < len(v)]] for k, v in pops.items()} for s in subs)
+    reps = np.stack([np.asarray(stat(p), dtype=float) for p in kept])
     if reps.shape[1:] != est.shape:
         raise ValueError(f"stat returned shape {reps.shape[1:]} on a subset but {est.shape} on all")
     return est, reps, n, n - subs.shape[1]
 
 
 def jackknife_se(reps: np.ndarray, n: int, d: int) -> np.ndarray:
-    """Delete-d jackknife standard error from the subset replicates (axis 0).
-
-    Non-finite replicates are left out element by element; with fewer than half of them finite
-    the standard error is NaN.
-    """
+    """Delete-d jackknife standard error from the subset replicates (axis 0); non-finite replicates
+    are left out element by element, and with fewer than half of them finite it is NaN."""
     reps = np.asarray(reps, dtype=float)
     ok = np.isfinite(reps)
     cnt = ok.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(ok, reps, 0.0).sum(0) / cnt
         ms = np.where(ok, (reps - mean) ** 2, 0.0).sum(0) / cnt
-    se = np.sqrt((n - d) / d * ms)
-    return np.where(cnt * 2 >= len(reps), se, np.nan)
+    return np.where(cnt * 2 >= len(reps), np.sqrt((n - d) / d * ms), np.nan)
 
 
 @dataclass(frozen=True)
@@ -127,10 +97,6 @@ class SeedInterval:
         """(estimate, low, high) of element ``i``."""
         return (float(self.estimate[i]), float(self.low[i]), float(self.high[i]))
 
-    def scalar(self) -> tuple[float, float, float]:
-        """(estimate, low, high) of a scalar statistic."""
-        return self[()]
-
     def label(self) -> str:
         """How the tables describe this interval, and what it covers."""
         if not self.delete:
@@ -140,9 +106,8 @@ class SeedInterval:
                 f"{self.n - self.delete}); covers the expected value at {self.n} seeds")
 
 
-def seed_interval(pops: Mapping[Hashable, np.ndarray], stat: Stat,
-                  confidence: float = CONFIDENCE, delete: int | None = None,
-                  max_subsets: int = MAX_SUBSETS, seed: int = 0) -> SeedInterval:
+def seed_interval(pops: Mapping[Hashable, np.ndarray], stat: Stat, confidence: float = CONFIDENCE,
+                  delete: int | None = None, max_subsets: int = MAX_SUBSETS, seed: int = 0) -> SeedInterval:
     """``stat`` on the populations with a normal interval from the delete-d jackknife over
     seeds (module docstring). Populations are (models, ...) arrays whose rows are seeds in the same
     order; with fewer than :data:`MIN_UNITS` seeds the interval is NaN ("too few seeds")."""
@@ -162,5 +127,4 @@ def interval(estimate: np.ndarray, reps: np.ndarray, n: int, d: int,
     the delete-d jackknife's standard error (:func:`jackknife_se`)."""
     se = jackknife_se(reps, n, d)
     z = stats.norm.ppf(0.5 + confidence / 2)
-    return SeedInterval(estimate, estimate - z * se, estimate + z * se, se, n, d, len(reps),
-                        confidence)
+    return SeedInterval(estimate, estimate - z * se, estimate + z * se, se, n, d, len(reps), confidence)

@@ -1,9 +1,5 @@
-"""The study's population key, defined once (bottom layer: imports nothing of ``pcl``).
-
-A population is every seed of one (method, schedule label, sparsity); the dense reference and the
-second dense population that measures seed noise (the floor) have named constructors, so no code
-spells ``(method, 'dense', 0.0)`` by hand.
-"""
+"""The study's population key, defined once (bottom layer), so no code spells
+``(method, 'dense', 0.0)`` by hand."""
 from __future__ import annotations
 
 from typing import NamedTuple

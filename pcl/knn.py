@@ -1,13 +1,10 @@
-"""The exact k-NN engine behind the prediction-depth probes (torch; GPU if available).
-
-:func:`knn_predict` classifies by uniform majority vote of the ``k`` nearest training points,
-found by :func:`knn_neighbours`: exact squared Euclidean distances with deterministic ties, yet
-faster than faiss's exact search on the project's CPU (a group-minimum pre-selection, a cheap
-GEMM with a proven error margin, and a float64 re-rank of the survivors).
-"""
+"""The exact k-NN engine behind the prediction-depth probes (torch; GPU if available): exact
+neighbours with deterministic ties, yet faster than faiss's exact search on the project's CPU
+(README.md, "Speed")."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from typing import Any, Sequence
 
@@ -21,23 +18,18 @@ from .metrics import ArrayLike, _as_int_labels, _check_num_classes
 def knn_predict(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, k: int = 30,
                 num_classes: int | None = None, chunk_size: int | None = None,
                 device: str | torch.device | None = None) -> np.ndarray:
-    """Exact Euclidean k-NN majority-vote classifier over :func:`knn_neighbours` (a deterministic
-    answer that does not depend on the device, the chunking or the BLAS). Votes are uniform; a
-    tie between classes goes to the smallest class index (as in scikit-learn's).
-    ``chunk_size`` test points are processed at a time (default 256 on CPU, 1024 on CUDA);
-    ``device`` defaults to CUDA when available. Returns int64 numpy predictions of shape (n_test,).
-    """
+    """int64 (n_test,): uniform majority vote of the exact :func:`knn_neighbours`, a tie going to
+    the smallest class (as in scikit-learn), so the answer does not depend on the device, the
+    chunking or the BLAS. ``chunk_size``: test rows at a time (default 256 on CPU, 1024 on CUDA);
+    ``device``: default CUDA when available."""
     dev = resolve_device(device)
-    xtr = torch.as_tensor(train_x).to(device=dev, dtype=torch.float32)
-    xte = torch.as_tensor(test_x).to(device=dev, dtype=torch.float32)
+    xtr, xte = (torch.as_tensor(x).to(device=dev, dtype=torch.float32) for x in (train_x, test_x))
     y_np = _as_int_labels(train_y, "train_y", 1)
     if xtr.ndim != 2 or xte.ndim != 2:
-        raise ValueError(
-            f"train_x and test_x must be 2-D, got shapes {tuple(xtr.shape)} and {tuple(xte.shape)}"
-        )
-    n_train = xtr.shape[0]
-    if y_np.shape[0] != n_train:
-        raise ValueError(f"train_y has {y_np.shape[0]} labels but train_x has {n_train} rows")
+        raise ValueError(f"train_x and test_x must be 2-D, got shapes {tuple(xtr.shape)} and "
+                         f"{tuple(xte.shape)}")
+    if y_np.shape[0] != xtr.shape[0]:
+        raise ValueError(f"train_y has {y_np.shape[0]} labels but train_x has {xtr.shape[0]} rows")
     with torch.no_grad():
         nbr = knn_neighbours(xtr, xte, k, chunk_size)  # validates k, dims, chunk_size
         if xte.shape[0] == 0:
@@ -59,30 +51,24 @@ _BIG = 2.0**100  # the value of padding columns: exact in bfloat16, never near
 def knn_neighbours(train_x: torch.Tensor, test_x: torch.Tensor, k: int, chunk_size: int | None = None,
                    gemm: str | None = None) -> torch.Tensor:
     """Indices (n_test, k) of the ``k`` nearest training points of every test point, each row in
-    ascending index order. Both inputs: float32 tensors on one device.
-
-    Exact: the k nearest by squared Euclidean distance of the float32 features computed in float64,
-    equal distances going to the smaller training index, so the answer does not depend on the
-    device, the chunking or the arithmetic used to find it.
+    ascending index order; both inputs float32 tensors on one device. Exact: by float64 squared
+    Euclidean distance of the float32 features, equal distances to the smaller training index,
+    whatever the device, chunking or arithmetic.
 
     Fast: candidate values ``||b||^2 - 2 a.b`` (``||a||^2`` does not change a row's ranking) of
     the mean-centred features come from one GEMM per chunk of test rows, ``gemm``:
 
     * 'float32': NumPy's BLAS (measured about 2x torch's sgemm on the project's AMD CPU);
-    * 'bfloat16': inputs rounded to bfloat16, products accumulated and returned in float32
-      (oneDNN, about 2x 'float32' on CPUs with native bf16: avx512_bf16 or AMX). Every chunk
-      carries a probe row whose exact float32 result proves the accumulation and output were float32
-      (else the call falls back to 'float32' for good, with a warning);
+    * 'bfloat16': bfloat16 inputs, float32 accumulation and output (oneDNN, about 2x 'float32' on
+      CPUs with native bf16), proven by a probe row with an exact float32 result in every chunk
+      (else a warning, and 'float32' for good);
     * 'float64': CUDA's default (TF32 and reduced-precision reductions cannot creep in).
 
-    The default is 'float64' on CUDA, else 'bfloat16' where it is native, else 'float32'. The
-    GEMM's error is bounded per test row (:func:`_knn_margin`), so every true neighbour lies within
-    the margin of the computed k-th smallest value; only those few candidates are looked at again,
-    with float32 and, where still too close to call, float64 distances. The candidates are found
-    without a top-k over all ``n_train`` columns: the training points are split into groups of
-    :data:`KNN_GROUP`, and the k-th smallest group minimum bounds the k-th smallest value from
-    above. On CPU everything runs with ``torch.get_num_threads()`` threads (NumPy's BLAS is capped
-    to match).
+    Default: 'float64' on CUDA, else 'bfloat16' where native, else 'float32'. Only the candidates
+    within the GEMM's error bound (:func:`_knn_margin`) of the computed k-th smallest value are
+    looked at again, in float32 and, where still too close to call, float64. No top-k over all
+    columns: the k-th smallest minimum of groups of :data:`KNN_GROUP` training points bounds the
+    k-th smallest value from above. CPU threads: ``torch.get_num_threads()`` (BLAS capped to match).
     """
     k, chunk_size, gemm = _knn_args(train_x, test_x, k, chunk_size, gemm)
     train_x, test_x = train_x.float(), test_x.float()  # the exact answer is the float32 features'
@@ -155,14 +141,12 @@ def _operands(tc: torch.Tensor, qc: torch.Tensor, gemm: str, cols: int):
         b_in, a_in = tc.bfloat16().float(), qc.bfloat16().float()
         s_hi = sq.bfloat16().float()
         s_parts = [s_hi, (sq - s_hi).bfloat16().float()]
-        err = (float(_norms(tc - b_in).max()), _norms(qc - a_in), float(_norms(b_in).max()),
-               float(sq.max()))
+        err = (float(_norms(tc - b_in).max()), _norms(qc - a_in), float(_norms(b_in).max()), float(sq.max()))
     else:
         b_in, a_in, s_parts, err = tc, qc, [sq], None
     Bt = torch.zeros(d + len(s_parts), cols, dtype=ct, device=dev)
     Bt[:d, :n] = -2.0 * b_in.T
-    for i, part in enumerate(s_parts):
-        Bt[d + i, :n] = part
+    Bt[d:, :n] = torch.stack(s_parts)
     Bt[d, n:] = _BIG
     return torch.cat([a_in, torch.ones(m, len(s_parts), dtype=ct, device=dev)], 1), Bt, err
 
@@ -175,7 +159,8 @@ def _gemm_chunks(A: torch.Tensor, Bt: torch.Tensor, gemm: str, d: int, rows: int
     ctx: Any = contextlib.nullcontext()
     if gemm == "float32":
         A_np, Bt_np, buf_np = A.numpy(), Bt.numpy(), buf.numpy()
-        ctx = _blas_threads(torch.get_num_threads())
+        blas = _blas_controller()  # NumPy's BLAS capped at torch's thread count while it runs
+        ctx = blas.limit(limits=torch.get_num_threads(), user_api="blas") if blas else ctx
     elif gemm == "bfloat16":
         # the probe: column cols-1 (padding: _BIG for real rows) against an extra row of A
         Bt[:d, -1] = 1 + 2.0**-6
@@ -192,7 +177,10 @@ def _gemm_chunks(A: torch.Tensor, Bt: torch.Tensor, gemm: str, d: int, rows: int
                 A_p[b] = probe_row
                 torch.mm(A_p[: b + 1], Bt, out=buf[: b + 1])
                 if float(buf[b, -1]) != expect:
-                    _bf16_failed(float(buf[b, -1]), expect)
+                    _BF16_FAILED.append(True)
+                    warnings.warn(f"k-NN: the bfloat16 GEMM's probe gave {float(buf[b, -1])!r} instead of "
+                                  f"{expect!r} (it does not accumulate or return float32 here); using "
+                                  "float32 GEMMs from now on", RuntimeWarning, stacklevel=2)
                     yield s, None
                     return
             elif gemm == "float32":
@@ -211,28 +199,24 @@ def _norms(x):
 
 def _knn_margin(gemm: str, d: int, a_norm, bmax: float, bf16_err: tuple | None):
     """Twice the largest error of the GEMM's ``||b||^2 - 2 a.b`` per test row (float64 tensor),
-    for (centred) test rows of norm ``a_norm`` and training rows of norm at most ``bmax``.
-
-    Terms: the rounding of the bfloat16 inputs (Cauchy-Schwarz on the actual rounding errors,
-    ``bf16_err`` = (max training-row error norm, test-row error norms, max rounded training norm,
-    max ||b||^2)) and of ``||b||^2``; the float32/float64 accumulation of the products
-    (``gamma_K`` times their absolute sum); the centring; and the threshold arithmetic of
-    :func:`_knn_chunk`.
+    for (centred) test rows of norm ``a_norm`` and training rows of norm at most ``bmax``. Terms:
+    the rounding of the bfloat16 inputs (Cauchy-Schwarz on the actual rounding errors, ``bf16_err``
+    = (max training-row error norm, test-row error norms, max rounded training norm, max ||b||^2))
+    and of ``||b||^2``; the float32/float64 accumulation of the products (``gamma_K`` times their
+    absolute sum); the centring; and the threshold arithmetic of :func:`_knn_chunk`.
     """
     u = 2.0**-53 if gemm == "float64" else 2.0**-24
 
     def gamma(j: int) -> float:
         return j * u / (1 - j * u)
 
-    a = a_norm * (1 + 1e-9)
-    b = bmax * (1 + 1e-9)
+    a, b = a_norm * (1 + 1e-9), bmax * (1 + 1e-9)
     if bf16_err is None:  # inputs exact; K = d + 1 terms
         S = 2 * a * b + (1 + gamma(d)) * b * b
         delta = gamma(d) * b * b + gamma(d + 1) * S
     else:  # K = d + 2 terms
         e_b, e_a, b_in, s_max = bf16_err
-        a_in = a + e_a
-        b_in = b_in * (1 + 1e-9)
+        a_in, b_in = a + e_a, b_in * (1 + 1e-9)
         S = 2 * a_in * b_in + 1.01 * s_max
         delta = (2 * (a * e_b + e_a * b_in) * (1 + 1e-9)  # |a^.b^ - a.b| <= |a||b-b^| + |a-a^||b^|
                  + 2.0**-17 * s_max + gamma(d) * b * b  # ||b||^2: its two parts, its float32 sum
@@ -242,42 +226,26 @@ def _knn_margin(gemm: str, d: int, a_norm, bmax: float, bf16_err: tuple | None):
 
 
 _BF16_FAILED: list = []
+_native_bf16 = functools.cache(native_bf16)  # it reads /proc/cpuinfo: once per process
 
 
 def _bf16_gemm_native() -> bool:
     """bfloat16 GEMMs with float32 accumulation: where the CPU computes bf16 natively and torch
     lets oneDNN do it (``torch.backends.mkldnn.matmul.fp32_precision``)."""
-    if _BF16_FAILED or not hasattr(getattr(torch.backends, "mkldnn", None), "matmul"):
-        return False
-    if not _BF16_NATIVE:
-        _BF16_NATIVE.append(native_bf16("cpu"))
-    return _BF16_NATIVE[0]
+    return (not _BF16_FAILED and hasattr(getattr(torch.backends, "mkldnn", None), "matmul")
+            and _native_bf16("cpu"))
 
 
-_BF16_NATIVE: list = []  # native_bf16('cpu'), read once per process
-
-
+@contextlib.contextmanager
 def _bf16_matmul():
     """Float32 matmuls computed by oneDNN from bfloat16 inputs, for the ``with`` block only."""
-
-    @contextlib.contextmanager
-    def ctx():
-        mm = torch.backends.mkldnn.matmul
-        old = mm.fp32_precision
-        mm.fp32_precision = "bf16"
-        try:
-            yield
-        finally:
-            mm.fp32_precision = old
-
-    return ctx()
-
-
-def _bf16_failed(got: float, expect: float) -> None:
-    _BF16_FAILED.append(True)
-    warnings.warn(f"k-NN: the bfloat16 GEMM's probe gave {got!r} instead of {expect!r} (it does "
-                  "not accumulate or return float32 here); using float32 GEMMs from now on",
-                  RuntimeWarning, stacklevel=3)
+    mm = torch.backends.mkldnn.matmul
+    old = mm.fp32_precision
+    mm.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        mm.fp32_precision = old
 
 
 def _knn_chunk(D, margin, train_x, test_x, k: int, L: int, G: int, n: int):
@@ -293,9 +261,8 @@ def _knn_chunk(D, margin, train_x, test_x, k: int, L: int, G: int, n: int):
     cand = D.view(b * (G + 1), L).index_select(0, (base + gi).flatten()).view(b, -1)
     cols = (gi[:, :, None] * L + torch.arange(L, device=dev)).view(b, -1)
     pos = _compact(cand <= thr, fill=-1)  # (b, M), M >= k: the points under thr
-    empty = pos < 0
     C = cols.gather(1, pos.clamp(min=0))
-    empty |= C >= n
+    empty = (pos < 0) | (C >= n)
     V = cand.gather(1, pos.clamp(min=0)).masked_fill(empty, float("inf"))
     V, order = V.sort(1)
     C = C.masked_fill(empty, n).gather(1, order)
@@ -307,8 +274,7 @@ def _knn_chunk(D, margin, train_x, test_x, k: int, L: int, G: int, n: int):
     if len(amb):
         near = V[amb] <= V[amb, k - 1 : k] + margin[amb]  # a prefix of every (sorted) row
         width = int(near.sum(1).max())
-        top[amb] = _rerank(C[amb, :width].masked_fill(~near[:, :width], n), train_x, test_x[amb],
-                           k, n)
+        top[amb] = _rerank(C[amb, :width].masked_fill(~near[:, :width], n), train_x, test_x[amb], k, n)
     return top.sort(1).values
 
 
@@ -317,10 +283,9 @@ def _rerank(C, train_x, test_x, k: int, n: int):
     float32 direct differences first (relative error at most ``gamma_{d+3}``), float64 for the
     rows where the k-th and (k+1)-th are still within that error of each other (or tie); equal
     float64 distances go to the lower index."""
-    valid = C < n
     rows = train_x.index_select(0, C.clamp(max=n - 1).flatten()).view(*C.shape, -1)
     d = rows.shape[2]
-    dist = (test_x[:, None, :] - rows).square_().sum(2).masked_fill_(~valid, float("inf"))
+    dist = (test_x[:, None, :] - rows).square_().sum(2).masked_fill_(C >= n, float("inf"))
     dist, order = dist.sort(1)
     C = C.gather(1, order)
     top = C[:, :k].clone()
@@ -351,42 +316,27 @@ def _compact(mask, fill: int):
     counts = mask.sum(1)
     r, c = mask.nonzero(as_tuple=True)  # row-major
     slot = torch.arange(len(r), device=mask.device) - (counts.cumsum(0) - counts)[r]
-    out = torch.full((mask.shape[0], int(counts.max())), fill, dtype=torch.int64,
-                     device=mask.device)
+    out = torch.full((mask.shape[0], int(counts.max())), fill, dtype=torch.int64, device=mask.device)
     out[r, slot] = c
     return out
 
 
-_BLAS: list = []  # the process's threadpoolctl controller, found once (finding it takes ms)
-
-
-def _blas_threads(n: int):
-    """Cap NumPy's BLAS at ``n`` threads (torch's thread count) while the k-NN GEMM runs."""
-    if not _BLAS:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
-            return contextlib.nullcontext()
-        _BLAS.append(ThreadpoolController())
-    return _BLAS[0].limit(limits=n, user_api="blas")
-
-
+@functools.cache
+def _blas_controller():
+    """The process's threadpoolctl controller, found once (finding it takes ms); None without it."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
+        return None
+    return ThreadpoolController()
 
 
 def knn_predict_many(train_feats: Sequence[ArrayLike], train_y: ArrayLike, test_feats: Sequence[ArrayLike],
                      k: int = 30, **kwargs: Any) -> np.ndarray:
-    """Run :func:`knn_predict` for each probe tap; returns int64 (taps, n_test).
-
-    ``train_feats[t]`` / ``test_feats[t]`` are the features of tap ``t``;
-    extra keyword arguments are forwarded to :func:`knn_predict`.
-    """
+    """int64 (taps, n_test): :func:`knn_predict` (``kwargs`` passed on) of every probe tap ``t``,
+    from the features ``train_feats[t]`` and ``test_feats[t]``."""
     if len(train_feats) != len(test_feats):
-        raise ValueError(
-            f"got {len(train_feats)} train taps but {len(test_feats)} test taps"
-        )
-    preds = [
-        knn_predict(tr, train_y, te, k=k, **kwargs) for tr, te in zip(train_feats, test_feats, strict=True)
-    ]
-    if not preds:
-        return np.zeros((0, 0), dtype=np.int64)
-    return np.stack(preds)
+        raise ValueError(f"got {len(train_feats)} train taps but {len(test_feats)} test taps")
+    preds = [knn_predict(tr, train_y, te, k=k, **kwargs)
+             for tr, te in zip(train_feats, test_feats, strict=True)]
+    return np.stack(preds) if preds else np.zeros((0, 0), dtype=np.int64)

@@ -1,29 +1,15 @@
 """Run leases: one trainer per run, across processes and machines, on any shared file system.
 
-Before training a run, a worker takes ``<run>/LEASE``: a small JSON file (holder host, pid, job
-token, a random nonce, time) written to a private name and hard-linked into place, which succeeds
-for exactly one creator, also on NFS (v3 and later), where ``flock`` is often absent or local to
-one machine; so a lease is complete or absent, never empty (a full disk fails the write, not the
-lease), and an unreadable one is debris, taken over once a minute old. The
-holder refreshes it every epoch (:class:`LeaseCallback`, a ``train_run`` callback). Another worker
-that finds a live lease leaves the run alone and comes back to it later. A lease not refreshed for
-``stale_after`` seconds (its holder was killed, or its machine died) is stale and may be taken
-over; so may a lease whose holder process is gone from this very machine, or one held by the same
-job token (a requeued cluster job picking up its own run).
-
-Take-over without races: the taker renames the stale ``LEASE`` to a name only it uses (a rename
-succeeds for one caller only), checks that what it moved is still the stale lease it judged (if the
-holder refreshed in between, it links it back without overwriting anything), deletes it and then
-creates a fresh ``LEASE`` with ``O_EXCL`` like any first taker. Release works the same way, so a
-worker never deletes a lease that is not its own. A refresh first checks that the lease still
-carries its nonce and raises :class:`LeaseLostError` if not: a holder that stalled for longer than
-``stale_after`` stops instead of training on beside the worker that took its run over.
-
-Every acquisition, take-over, release and loss is appended to ``<run>/LEASE.log`` (one JSON object
-per line): who trained a run, where, and how often it was requeued.
-"""
+README (Runs) describes the protocol. In short: a lease is a JSON record (host, pid, job token, a
+random nonce, time) hard-linked into place, which succeeds for one creator only, also on NFS where
+``flock`` is often absent; so a lease is complete or absent. A lease carrying this worker's job
+token (a requeued job) is taken over at once. Taking over and releasing first rename the lease to
+a private name and check it, so a worker never deletes a lease not its own; a refresh raises
+:class:`LeaseLostError` once the lease was taken over, so a stalled holder stops instead of
+training on beside the worker that took its run over. ``LEASE.log`` records every event."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -47,10 +33,9 @@ class LeaseLostError(RuntimeError):
 
 def _pid_namespace() -> str:
     """Identifies the process-id space: pids are comparable only within one (containers differ)."""
-    try:
+    with contextlib.suppress(OSError):
         return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
+    return ""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -61,39 +46,31 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    with contextlib.suppress(OSError, IndexError), open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
 
 
 def read_lease(path: str | Path) -> dict | None:
     """The lease at ``path``: its JSON, ``{'unreadable': True, 'mtime': ...}`` while it is being
     written (or was left empty by a killed creator), or None when there is none."""
-    path = Path(path)
     try:
         with open(path, "rb") as f:
             data = f.read()
             mtime = os.fstat(f.fileno()).st_mtime
     except FileNotFoundError:
         return None
-    try:
+    with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
         info = json.loads(data)
         if isinstance(info, dict) and isinstance(info.get("time"), (int, float)):
             return info
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        pass
     return {"unreadable": True, "mtime": mtime}
 
 
 class Lease:
-    """The lease file ``path`` as seen by one would-be holder.
-
-    ``token``: an identity that survives a restart of the same job (e.g. the cluster job id of a
-    requeued job); a lease carrying this holder's token is taken over at once. ``log``: the file
-    to append events to (None: no log).
-    """
+    """The lease file ``path`` as seen by one would-be holder. ``token``: an identity that survives
+    a restart of the same job (e.g. the cluster job id of a requeued job); a lease carrying this
+    holder's token is taken over at once. ``log``: the file to append events to (None: no log)."""
 
     def __init__(self, path: str | Path, stale_after: float = DEFAULT_STALE_AFTER,
                  token: str | None = None, log: str | Path | None = None) -> None:
@@ -109,14 +86,9 @@ class Lease:
         self.held = False
         self._beat = 0
 
-    # --- state -----------------------------------------------------------------------------------
     def _record(self) -> dict:
         return {"host": self.host, "pid": self.pid, "pidns": _pid_namespace(), "token": self.token,
                 "nonce": self.nonce, "time": time.time(), "beat": self._beat}
-
-    def holder(self) -> dict | None:
-        """The current lease (anyone's), or None."""
-        return read_lease(self.path)
 
     def is_stale(self, info: dict) -> bool:
         """May ``info`` (a lease read from disk) be taken over by this worker?"""
@@ -131,16 +103,14 @@ class Lease:
 
     def is_live(self) -> bool:
         """Does someone (this worker included) hold a lease that must be respected?"""
-        info = self.holder()
+        info = read_lease(self.path)
         return info is not None and (info.get("nonce") == self.nonce or not self.is_stale(info))
 
-    # --- taking and giving back ------------------------------------------------------------------
     def _write_private(self) -> Path:
         """This worker's lease record in a file of its own (removed again if writing fails)."""
         tmp = self.path.with_name(f"{self.path.name}.{self.nonce}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            with os.fdopen(fd, "w") as f:
+            with open(tmp, "w") as f:
                 json.dump(self._record(), f)
                 f.flush()
                 os.fsync(f.fileno())
@@ -178,10 +148,8 @@ class Lease:
         except FileNotFoundError:
             return False
         moved = read_lease(grave)
-        if expected is None:
-            ok = moved is not None and moved.get("nonce") == self.nonce
-        else:
-            ok = moved == expected
+        mine = moved is not None and moved.get("nonce") == self.nonce
+        ok = mine if expected is None else moved == expected
         if not ok:  # someone refreshed or re-took it meanwhile: restore it, overwriting nothing
             try:
                 os.link(grave, self.path)
@@ -236,27 +204,14 @@ class Lease:
         if self._move_aside(None):
             self.log("released", **fields)
 
-    def __enter__(self) -> "Lease":
-        if not self.acquire():
-            raise RuntimeError(f"the lease {self.path} is held by {_who(self.holder())}")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-    # --- log -------------------------------------------------------------------------------------
     def log(self, event: str, **fields: Any) -> None:
         """Append one JSON line to the lease log (best effort: a log failure never stops training)."""
         if self.log_path is None:
             return
         line = json.dumps({"event": event, "time": time.time(), "host": self.host, "pid": self.pid,
                            "token": self.token, "nonce": self.nonce, **fields}, default=str)
-        try:
-            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-            with os.fdopen(fd, "a") as f:
-                f.write(line + "\n")
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), open(self.log_path, "a") as f:
+            f.write(line + "\n")
 
 
 def _who(info: dict | None) -> str:
@@ -268,26 +223,10 @@ def _who(info: dict | None) -> str:
         f" job {info['token']}" if info.get("token") else "")
 
 
-def read_log(run_dir: str | Path) -> list[dict]:
-    """The events of ``<run_dir>/LEASE.log`` (unparseable lines are skipped)."""
-    p = Path(run_dir) / LOG_NAME
-    if not p.exists():
-        return []
-    out = []
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 class LeaseCallback:
-    """A ``train_run`` callback that refreshes the run's lease after every epoch.
-
-    It also notes the first and last epoch this holder trained (a requeued job that resumed shows
-    a first epoch after 1), which the worker writes into the lease log when it releases.
-    """
+    """A ``train_run`` callback that refreshes the run's lease after every epoch and notes the first
+    and last epoch this holder trained (a requeued job that resumed shows a first epoch after 1),
+    which the worker writes into the lease log when it releases."""
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease

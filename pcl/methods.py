@@ -1,18 +1,10 @@
-"""Learning methods, one registry entry each: the model, the phases and the evaluated network.
-
-A method is the ``method`` field of a run config. Its entry says how the model is built (the
-networks live in :mod:`pcl.models`), which phases train it (each phase's optimiser settings, the
-parameters it updates, its loss, its train-mode setter and what gradual pruning may prune in it),
-which network is evaluated (a WideResNet: its penultimate feature is the representation every
-metric reads, its ``fc`` gives the predictions), which preset base config it starts from, and the
-config fields and hparams it owns (:class:`pcl.registry.Entry`: they enter only its runs' hashes).
-
-Adding a method is one :func:`register` call, here or in user code (see
-``tests/test_registry.py`` for a method defined inside a test), plus a preset listing it in
-``methods``. :mod:`pcl.train` turns the phase specs into :class:`pcl.train.Phase` objects.
+"""Learning methods (a run config's ``method``), one registry entry each: the model, the phases
+that train it and the evaluated WideResNet (its penultimate feature is what every metric reads,
+its ``fc`` gives the predictions). Adding one: docs/ARCHITECTURE.md, "Where new things go".
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,14 +22,8 @@ from .registry import METHODS, Entry, RegistryError
 #: ``loss_fn(x_uint8, labels, generator) -> scalar loss``: augments a batch and returns its loss.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
-#: Config fields only contrastive methods (encoder + projection head + linear head) use.
-CONTRASTIVE = ("temperature", "base_temperature", "proj_dim", "head_epochs", "head_batch_size",
-               "head_lr", "head_lr_schedule", "head_weight_decay")
 
-
-# ------------------------------------------------------------------------------------------------
-# Losses: each closure augments a uint8 batch on its device and returns the training loss
-# ------------------------------------------------------------------------------------------------
+# --- losses: each closure augments a uint8 batch on its device and returns the training loss ---
 def ce_loss_fn(model: nn.Module, device: torch.device, vflip: bool, precision: str = "fp32") -> LossFn:
     """Cross-entropy of ``model``'s logits on the CE augmentation."""
     def loss_fn(x, y, g):
@@ -55,9 +41,8 @@ def supcon_loss_fn(model: SupConNet, device: torch.device, temperature: float,
         v = channels_last(augment.supcon_augment(x, g))
         with autocast(device, precision):
             z = model.project(v)
-        b = x.shape[0]
-        return supcon_loss(torch.stack([z[:b], z[b:]], 1), y if labels else None, temperature,
-                           base_temperature)
+        return supcon_loss(torch.stack(z.chunk(2), 1), y if labels else None, temperature,
+                           base_temperature)  # (B, 2 views, dim)
     return loss_fn
 
 
@@ -72,9 +57,7 @@ def linear_head_loss_fn(net: WideResNet, device: torch.device, vflip: bool,
     return loss_fn
 
 
-# ------------------------------------------------------------------------------------------------
-# Phase specs
-# ------------------------------------------------------------------------------------------------
+# --- phase specs ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Optim:
     """SGD settings and length of one phase."""
@@ -102,8 +85,7 @@ def head_optim(cfg: RunConfig) -> Optim:
 
 
 def finetune_optim(cfg: RunConfig) -> Optim:
-    """One-shot fine-tuning: the ``finetune_*`` fields and the one-shot schedule's optimiser
-    hparams (constant lr, Nesterov momentum 0.9 by default)."""
+    """One-shot fine-tuning: the ``finetune_*`` fields and the one-shot schedule's optimiser hparams."""
     return Optim(cfg.finetune_epochs, cfg.finetune_batch_size, cfg.finetune_lr,
                  cfg.hp("finetune_lr_schedule"), cfg.finetune_weight_decay,
                  cfg.hp("finetune_momentum"), cfg.hp("finetune_nesterov"))
@@ -117,13 +99,10 @@ def frozen_encoder(model: nn.Module, net: WideResNet) -> None:
 
 @dataclass(frozen=True)
 class PhaseSpec:
-    """One optimisation phase as a method declares it.
-
-    Every callable takes the run's ``model`` (what :meth:`Method.build` returned) and ``net`` (its
-    evaluated WideResNet). ``prune(model, net)`` names the module and the parameter filter that
-    gradual pruning acts on in this phase (None: nothing is pruned here); ``gmp_window`` gives
-    the phase its own GMP window (from the config) instead of the schedule's (the linear head's).
-    """
+    """One optimisation phase as a method declares it. Every callable takes the run's ``model``
+    (what :meth:`Method.build` returned) and ``net`` (its evaluated WideResNet). ``prune(model, net)``
+    names the module and the parameter filter that gradual pruning acts on in this phase (None:
+    nothing is pruned here); ``gmp_window``: the phase's own GMP window instead of the schedule's."""
 
     name: str
     optim: Callable[[RunConfig], Optim]
@@ -147,10 +126,8 @@ LINEAR_HEAD = PhaseSpec(
 FINETUNE = PhaseSpec(
     "finetune", finetune_optim, lambda model, net: list(net.parameters()),
     lambda model, net, cfg, dev: ce_loss_fn(net, dev, cfg.vflip, cfg.precision))
-FINETUNE_HEAD = PhaseSpec(
-    "finetune", finetune_optim, lambda model, net: list(net.fc.parameters()),
-    lambda model, net, cfg, dev: linear_head_loss_fn(net, dev, cfg.vflip, cfg.precision),
-    train_mode=frozen_encoder)
+FINETUNE_HEAD = dataclasses.replace(LINEAR_HEAD, name="finetune", optim=finetune_optim, prune=None,
+                                    gmp_window=None)  # the linear head, fine-tuned, never pruned
 
 
 def contrastive_train(labels: bool) -> PhaseSpec:
@@ -163,9 +140,7 @@ def contrastive_train(labels: bool) -> PhaseSpec:
         prune=lambda model, net: (model, encoder_only))
 
 
-# ------------------------------------------------------------------------------------------------
-# Methods
-# ------------------------------------------------------------------------------------------------
+# --- methods -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Method(Entry):
     """Supervised cross-entropy on a WideResNet: the base of every method."""
@@ -191,8 +166,7 @@ class Method(Entry):
         return (CE_TRAIN,)
 
     def finetune_phases(self, cfg: RunConfig) -> tuple[PhaseSpec, ...]:
-        """The phases of a run that fine-tunes a pruned parent (one-shot): CE end to end, or the
-        linear head only when ``finetune_head_only``."""
+        """The phases of a run fine-tuning a pruned parent (one-shot): CE end to end, or the head only."""
         return (FINETUNE_HEAD,) if cfg.finetune_head_only else (FINETUNE,)
 
     def validate(self, cfg: RunConfig) -> None:
@@ -201,14 +175,12 @@ class Method(Entry):
 
 @dataclass(frozen=True)
 class Contrastive(Method):
-    """Encoder + projection head trained contrastively, then a linear head on the frozen encoder.
-
-    ``labels=True``: SupCon (positives share a label); False: SimCLR (NT-Xent, positives are the
-    other view of the same image). The projection head is dropped; the encoder is evaluated.
-    """
+    """Encoder + projection head trained contrastively (``labels``: SupCon; else SimCLR's NT-Xent),
+    then a linear head on the frozen encoder; the projection head is dropped, the encoder evaluated."""
 
     name: str = "supcon"
-    owns: tuple[str, ...] = CONTRASTIVE
+    owns: tuple[str, ...] = ("temperature", "base_temperature", "proj_dim", "head_epochs",
+                             "head_batch_size", "head_lr", "head_lr_schedule", "head_weight_decay")
     #: the linear head's own GMP window over the head-training steps (PROTOCOL.md, Pruning)
     hparams: dict[str, Any] = field(default_factory=lambda: {"head_gmp": (0.025, 0.5)}, hash=False,
                                     compare=False)

@@ -1,15 +1,14 @@
-"""Pre-activation WideResNet (Zagoruyko & Komodakis 2016), the contrastive wrapper, and how
-every forward pass runs (channels_last, autocast for training, one batched fp32 evaluation loop).
+"""Pre-activation WideResNet (docs/PROTOCOL.md, "Models"), the contrastive wrapper, and how every
+forward pass runs (channels_last, autocast for training, one batched fp32 evaluation loop).
 
-Probe taps (for prediction depth), in forward order, each global-average-pooled:
-``stem``; for every residual block ``gG.bB.pre`` (after the block's first BN-ReLU),
-``gG.bB.mid`` (after its second BN-ReLU, inside the block) and ``gG.bB.out`` (the block output);
-``penultimate`` (after the final BN-ReLU: the feature); ``logits``.
-WRN-16-2 has 1 + 6x3 + 2 = 21 taps.
+Probe taps (prediction depth), in forward order, each global-average-pooled: ``stem``; per residual
+block ``gG.bB.pre`` (after its first BN-ReLU), ``gG.bB.mid`` (after its second) and ``gG.bB.out``
+(its output); ``penultimate`` (after the final BN-ReLU: the feature); ``logits``. WRN-16-2: 21.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -33,31 +32,27 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
         o = F.relu(self.bn1(x))
         y = F.relu(self.bn2(self.conv1(o)))
+        out = self.conv2(y) + (self.shortcut(o) if self.shortcut is not None else x)
         if taps is not None:
-            taps.append(o)
-            taps.append(y)
-        y = self.conv2(y)
-        out = y + (self.shortcut(o) if self.shortcut is not None else x)
-        if taps is not None:
-            taps.append(out)
+            taps += [o, y, out]
         return out
 
 
 class WideResNet(nn.Module):
-    """Pre-activation WRN-depth-width with a linear classifier ``fc``."""
+    """Pre-activation WRN-depth-width with a linear classifier ``fc`` (WRN-16-2 with 10 classes:
+    691,674 parameters)."""
 
     def __init__(self, depth: int = 16, width: int = 2, num_classes: int = 10) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n+4 with n >= 1; got {depth}")
         n = (depth - 4) // 6
-        widths = [16 * width, 32 * width, 64 * width]
         self.depth, self.width = depth, width
         self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         groups, cin = [], 16
-        for cout, stride in zip(widths, (1, 2, 2), strict=True):
-            blocks = [Block(cin if b == 0 else cout, cout, stride if b == 0 else 1) for b in range(n)]
-            groups.append(nn.Sequential(*blocks))
+        for cout, stride in ((16 * width, 1), (32 * width, 2), (64 * width, 2)):
+            groups.append(nn.Sequential(*(Block(cin if b == 0 else cout, cout, stride if b == 0 else 1)
+                                          for b in range(n))))
             cin = cout
         self.groups = nn.ModuleList(groups)
         self.bn = nn.BatchNorm2d(cin)
@@ -73,11 +68,9 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def tap_names(self) -> list[str]:
-        names = ["stem"]
-        for gi, g in enumerate(self.groups):
-            for bi in range(len(g)):
-                names += [f"g{gi}.b{bi}.{t}" for t in ("pre", "mid", "out")]
-        return names + ["penultimate", "logits"]
+        blocks = [f"g{gi}.b{bi}.{t}" for gi, g in enumerate(self.groups) for bi in range(len(g))
+                  for t in ("pre", "mid", "out")]
+        return ["stem", *blocks, "penultimate", "logits"]
 
     def _trunk(self, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
         x = self.stem(x)
@@ -99,13 +92,11 @@ class WideResNet(nn.Module):
         """Pooled representation at every probe tap (see :meth:`tap_names`), one forward pass."""
         raw: list = []
         feat = self._trunk(x, raw)
-        pooled = [F.adaptive_avg_pool2d(t, 1).flatten(1) for t in raw]
-        return pooled + [feat, self.fc(feat)]
+        return [F.adaptive_avg_pool2d(t, 1).flatten(1) for t in raw] + [feat, self.fc(feat)]
 
 
 class SupConNet(nn.Module):
-    """A WRN encoder (``net``; its ``fc`` is the linear-evaluation classifier) + projection head
-    (SupCon and SimCLR)."""
+    """A WRN encoder ``net`` (its ``fc``: the linear-evaluation classifier) + projection head."""
 
     def __init__(self, depth: int = 16, width: int = 2, num_classes: int = 10,
                  proj_dim: int = 128) -> None:
@@ -122,9 +113,7 @@ class SupConNet(nn.Module):
         return self.net(x)
 
 
-def wide_resnet(depth: int = 16, width: int = 2, num_classes: int = 10) -> WideResNet:
-    """The protocol's pre-activation WRN; WRN-16-2 with 10 classes has 691,674 parameters."""
-    return WideResNet(depth, width, num_classes)
+wide_resnet = WideResNet  # its public constructor name (README.md, "The pcl package")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,27 +127,20 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-#: Evaluation batch size per device type, chosen by measurement (``make bench``): on CPU, batch
-#: 100 ran 2.2-2.6x faster than 1,000 (cache effects; 25-200 were flat); on CUDA not measured yet
-#: (``make gpu-check`` records the fastest), so 1,000.
+#: Evaluation batch size per device type, measured (README.md, "Speed"; on CUDA ``make gpu-check``
+#: records the fastest).
 EVAL_BATCH = {"cpu": 100, "cuda": 1000}
 
 
-def eval_batch_size(device: torch.device | str) -> int:
-    """The evaluation batch size for ``device`` (:data:`EVAL_BATCH`)."""
-    return EVAL_BATCH.get(torch.device(device).type, 1000)
-
-
-class _NoTF32:
+@contextmanager
+def _no_tf32() -> Iterator[None]:
     """Evaluation in true fp32 on CUDA: TF32 convolutions and matmuls off while it runs."""
-
-    def __enter__(self) -> "_NoTF32":
-        self.old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        return self
-
-    def __exit__(self, *exc) -> None:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.old
+    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 @torch.no_grad()
@@ -168,15 +150,15 @@ def eval_forward(net: nn.Module, images: torch.Tensor, device: torch.device | st
     """Test-time outputs ``fn(x)`` over all ``images``, concatenated on the CPU in float32.
 
     The one evaluation loop (test logits and features, probe taps): eval mode, no augmentation,
-    channels_last, batches of ``batch_size`` (default :func:`eval_batch_size`), never under
+    channels_last, batches of ``batch_size`` (default :data:`EVAL_BATCH`), never under
     autocast (bf16-rounded logits tie on exactly the boundary images PIEs are made of) and never
     in TF32, so a GPU and a CPU give the same predictions for the same weights.
     """
     device = torch.device(device)
-    batch_size = batch_size or eval_batch_size(device)
+    batch_size = batch_size or EVAL_BATCH.get(device.type, 1000)
     net.eval()
     chunks: list[list[torch.Tensor]] = []
-    with _NoTF32():
+    with _no_tf32():
         for i in range(0, len(images), batch_size):
             x = channels_last(augment.eval_transform(images[i:i + batch_size].to(device)))
             chunks.append([t.float().cpu() for t in fn(x)])

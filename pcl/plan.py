@@ -1,9 +1,5 @@
-"""Which runs of a study are still to train, which may start now, and which finished or failed.
-
-A :class:`Plan` is what every executor of :mod:`pcl.executors` works through. Before it plans, it
-verifies every finished run it relies on (the runs asked for and their parents) against the hashes
-in DONE: a corrupt run is named with what to do, or retrained when asked (``retrain_corrupt``),
-never silently taken as finished.
+"""Which runs of a study are still to train, which may start now, and which finished or failed:
+the :class:`Plan` every executor of :mod:`pcl.executors` works through.
 """
 from __future__ import annotations
 
@@ -34,17 +30,15 @@ class Plan:
            retrain_corrupt: bool = False) -> "Plan":
         """The plan for ``configs``; raises CorruptRunError naming every finished run it relies on
         that no longer verifies, unless ``retrain_corrupt`` (then they are deleted and retrained)."""
-        uniq = {c.run_hash(): c for c in configs}
-        p = cls(store, stale_after, uniq)
+        p = cls(store, stale_after, {c.run_hash(): c for c in configs})
         p._check_finished(retrain_corrupt)
         p.todo = {h: c for h, c in p.configs.items() if not store.is_done(c)}
         p._check_parents()
         return p
 
     def _check_finished(self, retrain: bool) -> None:
-        relied = {h: c for h, c in self.configs.items() if self.store.is_done(c)}
-        for c in list(self.configs.values()):
-            relied |= {par.run_hash(): par for par in self.parents(c) if self.store.is_done(par)}
+        cfgs = [*self.configs.values(), *filter(None, (c.parent() for c in self.configs.values()))]
+        relied = {c.run_hash(): c for c in cfgs if self.store.is_done(c)}
         corrupt = {}
         for h, c in relied.items():
             try:
@@ -53,17 +47,12 @@ class Plan:
                 corrupt[h] = (c, e)
         if corrupt and not retrain:
             lines = [f"  {self.store.path(c)}: {e}" for c, e in corrupt.values()]
-            raise CorruptRunError(
-                f"{len(corrupt)} finished runs no longer match the hashes in their DONE:\n"
-                + "\n".join(lines) + "\nDelete these run folders to retrain them, or pass "
-                "executor_options={'retrain_corrupt': True} to have run_all retrain them.")
+            raise CorruptRunError(f"{len(corrupt)} finished runs no longer match the hashes in their DONE:\n"
+                                  + "\n".join(lines) + "\nDelete these run folders to retrain them, or pass "
+                                  "executor_options={'retrain_corrupt': True} to have run_all retrain them.")
         for h, (c, _) in corrupt.items():
             self.store.delete(c)
             self.configs[h] = c  # a corrupt parent is retrained before its children
-
-    def parents(self, cfg: RunConfig) -> list[RunConfig]:
-        par = cfg.parent()
-        return [] if par is None else [par]
 
     def _leased(self, cfg: RunConfig) -> bool:
         return Lease(self.store.path(cfg) / LEASE_NAME, self.stale_after).is_live()
@@ -71,17 +60,15 @@ class Plan:
     def _abandoned(self, cfg: RunConfig) -> bool:
         """Neither finished nor being trained (DONE is checked again after the lease: a worker
         publishes DONE before it lets go of the lease)."""
-        return (not self.store.is_done(cfg) and not self._leased(cfg)
-                and not self.store.is_done(cfg))
+        return not self.store.is_done(cfg) and not self._leased(cfg) and not self.store.is_done(cfg)
 
     def _check_parents(self) -> None:
         """A parent that is neither finished, planned here nor being trained elsewhere: error."""
         missing = {}
         for c in self.todo.values():
-            for par in self.parents(c):
-                h = par.run_hash()
-                if h not in self.configs and self._abandoned(par):
-                    missing[h] = (par, c)
+            par = c.parent()
+            if par is not None and par.run_hash() not in self.configs and self._abandoned(par):
+                missing[par.run_hash()] = (par, c)
         if missing:
             lines = [f"  {h} ({par.method}/{par.schedule} seed {par.seed}, {self.store.path(par)}), "
                      f"parent of {c.run_hash()}" for h, (par, c) in missing.items()]
@@ -99,18 +86,17 @@ class Plan:
             if h in running:
                 continue
             if self.store.is_done(c):
-                self._finished(h, {"hash": h, "status": "done", "trained": False,
-                                   **self._acc(c)})
+                self._finished(h, {"hash": h, "status": "done", "trained": False, **self._acc(c)})
                 continue
-            for par in self.parents(c):
-                ph = par.run_hash()
-                if ph in self.failed:
-                    self.fail(h, f"its parent run {ph} failed")
-                    break
-                elif ph not in self.todo and self._abandoned(par):
-                    self.fail(h, f"its parent run {ph} ({self.store.path(par)}) is not finished and "
-                                 f"nobody is training it")
-                    break
+            par = c.parent()
+            if par is None:
+                continue
+            ph = par.run_hash()
+            if ph in self.failed:
+                self.fail(h, f"its parent run {ph} failed")
+            elif ph not in self.todo and self._abandoned(par):
+                self.fail(h, f"its parent run {ph} ({self.store.path(par)}) is not finished and "
+                             f"nobody is training it")
 
     def _acc(self, cfg: RunConfig) -> dict:
         try:
@@ -129,7 +115,7 @@ class Plan:
                 break
             if h in running or self.retry_at.get(h, 0) > now:
                 continue
-            if not all(self.store.is_done(p) for p in self.parents(c)):
+            if (par := c.parent()) is not None and not self.store.is_done(par):
                 continue
             if self._leased(c):
                 self.retry_at[h] = now + self.poll_interval

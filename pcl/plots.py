@@ -64,8 +64,7 @@ def _compare(ax: plt.Axes, d: pd.DataFrame, ref: str) -> None:
     cats = (["dense"] if (d.schedule == "dense").any() else []) + mains
     for j, m in enumerate(ms):
         for i, s in enumerate(cats if points else mains):
-            g = d[(d.method == m) & d.schedule.isin([s] if points else [s, "dense"])].sort_values(
-                "sparsity")
+            g = d[(d.method == m) & d.schedule.isin([s] if points else [s, "dense"])].sort_values("sparsity")
             if g.empty:
                 continue
             x = np.full(len(g), i + (j - (len(ms) - 1) / 2) * 0.7 / len(ms)) if points else g.sparsity
@@ -81,8 +80,7 @@ def _compare(ax: plt.Axes, d: pd.DataFrame, ref: str) -> None:
 def _accuracy(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean test accuracy of the dense and main-schedule populations, t-interval over seeds."""
     r = runs[runs.schedule.isin(["dense", *schedules.main_schedules()])]
-    d = r.groupby(["method", "schedule", "sparsity"]).test_acc.agg(["mean", "std", "count"])
-    d = d.reset_index()
+    d = r.groupby(["method", "schedule", "sparsity"]).test_acc.agg(["mean", "std", "count"]).reset_index()
     half = stats.t.ppf(0.5 + CONFIDENCE / 2, d["count"] - 1) * d["std"] / np.sqrt(d["count"])
     return d.assign(y=d["mean"], lo=d["mean"] - half, hi=d["mean"] + half)
 
@@ -141,8 +139,7 @@ def fig_pies_per_class(pies: pd.DataFrame, sparsity: float,
         a, b = (pies[(pies.method == m) & (pies.schedule == sch) & (pies.sparsity == sparsity)]
                 .sort_values("image") for m in pair)
         if len(a) and len(b):
-            rows.append((sch, metrics.common_unique(a.pie.to_numpy(), b.pie.to_numpy(),
-                                                    a.label.to_numpy())))
+            rows.append((sch, metrics.common_unique(a.pie.to_numpy(), b.pie.to_numpy(), a.label.to_numpy())))
     n = max(1, len(rows))
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 1.4, 3.6), sharey=True, squeeze=False,
                              layout="constrained")
@@ -155,8 +152,7 @@ def fig_pies_per_class(pies: pd.DataFrame, sparsity: float,
         for kind, (name, colour) in kinds.items():
             ax.bar(range(len(wide)), wide[kind], bottom=bottom, color=colour, label=name)
             bottom += wide[kind].to_numpy()
-        ax.set_xticks(range(len(wide)), [_class_name(i) for i in wide.index], rotation=90,
-                      fontsize=8)
+        ax.set_xticks(range(len(wide)), [_class_name(i) for i in wide.index], rotation=90, fontsize=8)
         ax.set_title(sch)
     axes[0][0].set_ylabel("PIEs (by true label)")
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
@@ -204,8 +200,7 @@ def _paired(table: pd.DataFrame, pies: pd.DataFrame, value: str, sparsity: float
             pr, pie = (t[(t.method == m) & (t.schedule == sch) & (t.sparsity == sparsity)]
                        .sort_values("image") for t in (table, pies))
             if len(dense) and len(pr) and len(pie):
-                out.append((m, sch, dense[value].to_numpy(), pr[value].to_numpy(),
-                            pie.pie.to_numpy()))
+                out.append((m, sch, dense[value].to_numpy(), pr[value].to_numpy(), pie.pie.to_numpy()))
     return out
 
 
@@ -226,8 +221,7 @@ def _scatter_grid(pairs: list, title: str, what: str, jitter: float = 0.0) -> pl
         finite = np.concatenate([x[np.isfinite(x)], y[np.isfinite(y)]])
         if finite.size:
             ax.plot([finite.min(), finite.max()], [finite.min(), finite.max()], "k--", lw=0.8)
-        ax.set(title=f"{style.method_label(m)} {sch}", xlabel=f"dense {what}",
-               ylabel=f"pruned {what}")
+        ax.set(title=f"{style.method_label(m)} {sch}", xlabel=f"dense {what}", ylabel=f"pruned {what}")
         ax.legend(fontsize=6, markerscale=2, loc="upper left")
     for ax in list(axes.flat)[len(pairs):]:
         ax.axis("off")
@@ -281,8 +275,7 @@ def fig_umap(embeddings: dict[str, np.ndarray], labels: np.ndarray) -> plt.Figur
     for ax, (title, emb) in zip(axes[0], embeddings.items(), strict=True):
         ax.scatter(emb[:, 0], emb[:, 1], c=cmap(labels % 10), s=1.5, alpha=0.6, rasterized=True)
         ax.set(title=title, xticks=[], yticks=[])
-    handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=c)
-               for i, c in enumerate(CLASSES)]
+    handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=c) for i, c in enumerate(CLASSES)]
     fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=7)
     fig.suptitle("F7 - UMAP of test features (one model each)", fontsize=10)
     return fig
@@ -337,8 +330,7 @@ def fig_training_curves(histories: dict[str, dict]) -> plt.Figure:
                 tw.set(ylim=(0, 1), ylabel="sparsity")
         for ax in row[len(phases[label]):]:
             ax.axis("off")
-    fig.suptitle("F0 - training loss per phase (dotted grey: sparsity, where pruning happens)",
-                 fontsize=10)
+    fig.suptitle("F0 - training loss per phase (dotted grey: sparsity, where pruning happens)", fontsize=10)
     return fig
 
 
@@ -361,12 +353,10 @@ def fig_gmp_schedules(configs: dict[str, RunConfig], events: dict[str, list] | N
                     label=f"{name}: measured")
     ax.set(xlabel="fraction of the pruned phase's steps", ylabel="sparsity", ylim=(-0.03, 1.03))
     fig.legend(loc="outside right center", fontsize=8)
-    fig.suptitle("F0 - where each schedule prunes: target sparsity (lines), measured (markers)",
-                 fontsize=10)
+    fig.suptitle("F0 - where each schedule prunes: target sparsity (lines), measured (markers)", fontsize=10)
     return fig
 
 
-# ------------------------------------------------------------------------------------------------
 # F9: the PIE gallery (selection by pcl.gallery; these functions only draw)
 GALLERY_COLS = 6  # images per row of a panel
 GALLERY_UPSCALE = 4  # every 32x32 pixel becomes a 4x4 block (nearest neighbour)
@@ -388,24 +378,21 @@ def _gallery_panel(sub, panel, pics: np.ndarray, rows: int, cols: int) -> None:
         return
     for ax, pic, r in zip(axes.flat, pics, panel.picked.itertuples(index=False), strict=False):
         ax.imshow(pic, interpolation="nearest")
-        lines = [("true", r.label, "0.1")] + [(k, v, "tab:green" if v == r.label else "tab:red")
-                                              for k, v in (("dense", r.dense_modal),
-                                                           ("pruned", r.pruned_modal))]
-        for j, (k, v, color) in enumerate(lines):
+        for j, (k, v) in enumerate((("true", r.label), ("dense", r.dense_modal), ("pruned", r.pruned_modal))):
+            color = "0.1" if j == 0 else "tab:green" if v == r.label else "tab:red"
             ax.annotate(f"{k} {_class_name(v)}", xy=(0.5, 0), xycoords="axes fraction",
-                        xytext=(0, -1.5 - 6.5 * j),
-                        textcoords="offset points", ha="center", va="top", fontsize=5.5,
-                        color=color)
+                        xytext=(0, -1.5 - 6.5 * j), textcoords="offset points", ha="center", va="top",
+                        fontsize=5.5, color=color)
 
 
-def _gallery_figure(panels: list, test_images, title: str, cols: int, upscale: int) -> plt.Figure:
+def _gallery_figure(panels: list, test_images, name: str, what: str, cols: int, upscale: int) -> plt.Figure:
     """Panels on a grid: one row per (method, kept_by), one column per schedule."""
     x = np.asarray(test_images)
     if not panels:
         fig, ax = plt.subplots(figsize=(6, 1.2))
         ax.set_axis_off()
         ax.text(0.5, 0.5, "no pruned configuration at this sparsity", ha="center", va="center")
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(f"{name} @ sparsity ?: {what}", fontsize=10)
         return fig
     shown = max(1, max(len(p.picked) for p in panels))
     for p in panels:
@@ -418,15 +405,14 @@ def _gallery_figure(panels: list, test_images, title: str, cols: int, upscale: i
     col_keys = list(dict.fromkeys(p.schedule for p in panels))
     pw, ph = cols * _CELL_W + 0.2, rows * _CELL_H + _PANEL_TOP + _PANEL_BOTTOM
     fig = plt.figure(figsize=(pw * len(col_keys), ph * len(row_keys)))
-    subs = fig.subfigures(len(row_keys), len(col_keys), squeeze=False)
-    for s in subs.flat:
-        s.set_facecolor("none")
+    subs = fig.subfigures(len(row_keys), len(col_keys), squeeze=False, facecolor="none")
     for p in panels:
         sub = subs[row_keys.index((p.method, p.kept_by))][col_keys.index(p.schedule)]
         pics = upscale_nearest(x[p.images], upscale) if len(p.picked) else np.zeros((0,))
         _gallery_panel(sub, p, pics, rows, cols)
-    fig.suptitle(f"{title}\nunder each image: true label / dense modal / pruned modal "
-                 "(green: correct, red: wrong)", fontsize=10, y=1.0 + 0.3 / fig.get_figheight())
+    fig.suptitle(f"{name} @ sparsity {panels[0].sparsity:g}: {what}\nunder each image: true label / dense "
+                 "modal / pruned modal (green: correct, red: wrong)", fontsize=10,
+                 y=1.0 + 0.3 / fig.get_figheight())
     return fig
 
 
@@ -434,9 +420,7 @@ def fig_pie_gallery(panels: list, test_images, cols: int = GALLERY_COLS,
                     upscale: int = GALLERY_UPSCALE) -> plt.Figure:
     """F9: PIE test images per (method, schedule) panel, as picked by :func:`pcl.gallery.
     gallery_panels`; ``test_images`` uint8 (N, 3, 32, 32), upscaled by pixel repetition."""
-    s = f"{panels[0].sparsity:g}" if panels else "?"
-    return _gallery_figure(panels, test_images,
-                           f"F9 - PIE gallery @ sparsity {s}: per panel the PIEs the pruned "
+    return _gallery_figure(panels, test_images, "F9 - PIE gallery", "per panel the PIEs the pruned "
                            "population agrees on most (ties: one per true class in turn)", cols, upscale)
 
 
@@ -444,7 +428,5 @@ def fig_unique_pies(panels: list, test_images, cols: int = GALLERY_COLS,
                     upscale: int = GALLERY_UPSCALE) -> plt.Figure:
     """F9b: PIEs lost by one method and kept by the other, per (pair, schedule) panel, as picked
     by :func:`pcl.gallery.unique_panels`; captions give the losing method's modal labels."""
-    s = f"{panels[0].sparsity:g}" if panels else "?"
-    return _gallery_figure(panels, test_images,
-                           f"F9b - unique PIEs @ sparsity {s}: lost by one method, kept by the "
-                           "other (ranked by the losing population's agreement)", cols, upscale)
+    return _gallery_figure(panels, test_images, "F9b - unique PIEs", "lost by one method, kept by the other "
+                           "(ranked by the losing population's agreement)", cols, upscale)

@@ -1,8 +1,5 @@
-"""The named presets (studies) and :func:`get_preset`.
-
-They sit above the registries (:mod:`pcl.methods`, :mod:`pcl.schedules`) because every preset's
-base configs are validated against them when this module loads; :class:`pcl.config.Preset` says
-what each field means.
+"""The named presets (studies) and :func:`get_preset`; :class:`pcl.config.Preset` says what each
+field means. Above the registries: every base config is validated against them on import.
 """
 from __future__ import annotations
 
@@ -32,27 +29,23 @@ PRESETS: dict[str, Preset] = {
         description=("Sized for evidence in about 90 minutes on 2 CPU cores, with the methods' dense "
                      "accuracies matched: WRN-10-1 on the full training set, 5 seeds + a 5-seed noise "
                      "floor, CE 1 epoch (batch 240), SupCon 3+1 epochs (lr 0.05, temperature 0.1), "
-                     "early GMP, one-shot, a 4-point onset sweep for CE, bf16 training where native."),
-        ce=replace(_PAPER_CE, depth=10, width=1, epochs=1, batch_size=240, vflip=False,
-                   finetune_epochs=1),
+                     "early GMP, one-shot, a 4-point onset sweep, bf16 training where native."),
+        ce=replace(_PAPER_CE, depth=10, width=1, epochs=1, batch_size=240, vflip=False, finetune_epochs=1),
         supcon=replace(_PAPER_SUPCON, depth=10, width=1, epochs=3, batch_size=128, lr=0.05,
                        lr_schedule="cosine", temperature=0.1, head_epochs=1, head_batch_size=128,
                        finetune_epochs=1, vflip=False),
-        seeds=5, schedules=("gmp_early", "oneshot"), sparsities=(0.9,),
-        onset_begins=(0.2, 0.4, 0.6), onset_sparsity=0.9, onset_methods=("ce",),
-        pd_models=3, pd_train_images=10000, umap_sparsity=0.9, headline_sparsity=0.9,
-        precision="auto", onset_points_from=("gmp_early",)),
+        seeds=5, schedules=("gmp_early", "oneshot"), sparsities=(0.9,), onset_begins=(0.2, 0.4, 0.6),
+        onset_sparsity=0.9, pd_models=3, pd_train_images=10000, umap_sparsity=0.9,
+        headline_sparsity=0.9, precision="auto", onset_points_from=("gmp_early",)),
     "smoke": Preset(
         name="smoke",
         description="The whole pipeline in minutes: WRN-10-1 on tiny data, 2 seeds, 1-2 epochs.",
         ce=replace(_PAPER_CE, depth=10, width=1, train_per_class=20, test_per_class=50, epochs=2,
                    batch_size=64, vflip=False, finetune_epochs=1),
-        supcon=replace(_PAPER_SUPCON, depth=10, width=1, train_per_class=20, test_per_class=50,
-                       epochs=2, batch_size=64, head_epochs=1, head_batch_size=64,
-                       finetune_epochs=1, vflip=False),
-        seeds=2, sparsities=(0.5, 0.9), onset_begins=(0.4,), onset_sparsity=0.9,
-        pd_models=2, knn_k=5, umap_sparsity=0.9, headline_sparsity=0.9,
-        onset_points_from=("gmp_early",)),
+        supcon=replace(_PAPER_SUPCON, depth=10, width=1, train_per_class=20, test_per_class=50, epochs=2,
+                       batch_size=64, head_epochs=1, head_batch_size=64, finetune_epochs=1, vflip=False),
+        seeds=2, sparsities=(0.5, 0.9), onset_begins=(0.4,), onset_sparsity=0.9, pd_models=2, knn_k=5,
+        umap_sparsity=0.9, headline_sparsity=0.9, onset_points_from=("gmp_early",)),
 }
 
 
@@ -68,13 +61,9 @@ PRESETS["smoke-extended"] = replace(
 def get_preset(name: str, dataset: str | None = None, synthetic_size: int = 200,
                precision: str | None = None, methods: tuple[str, ...] | None = None) -> Preset:
     """A named preset; ``dataset="synthetic"`` swaps its data for synthetic images (tests, CI).
-
-    ``precision`` ('auto', 'fp32' or 'bf16') sets every run's training precision; None keeps the
-    preset's ('auto' for cpu and paper: bf16 where the hardware computes it natively, else fp32;
-    'fp32' for smoke, so tests give the same runs on every machine). The precision is part of each
-    run's config, so it names a different run. ``methods`` replaces the preset's methods (any
-    registered in :mod:`pcl.methods`), e.g. ``("ce", "supcon", "simclr")``.
-    """
+    ``precision`` ('auto', 'fp32' or 'bf16'; None: the preset's, 'fp32' for smoke so tests give the
+    same runs everywhere) is part of each run's config, so it names a different run. ``methods``
+    replaces the preset's methods (any registered in :mod:`pcl.methods`)."""
     _choice("preset", name, tuple(PRESETS))
     p = PRESETS[name]
     if methods is not None:
@@ -82,8 +71,7 @@ def get_preset(name: str, dataset: str | None = None, synthetic_size: int = 200,
     for m in p.methods:
         _method(m)  # an unknown method fails here, naming the registered ones
     prec = resolve_precision(precision or p.precision)
-    p = replace(p, precision=prec, ce=replace(p.ce, precision=prec),
-                supcon=replace(p.supcon, precision=prec))
+    p = replace(p, precision=prec, ce=replace(p.ce, precision=prec), supcon=replace(p.supcon, precision=prec))
     if dataset is not None:
         _choice("dataset", dataset, DATASETS)
         kw: dict[str, Any] = {"dataset": dataset}

@@ -1,11 +1,7 @@
-"""Which machine and software stack a run came from: the facts that decide bit-for-bit equality.
-
-Floating-point kernels differ between processor models (oneDNN picks AVX-512, AVX512-BF16 or AMX
-code paths at run time) and between GPU models, drivers and cuDNN releases, so two machines of
-"the same kind" can give different weights for one config. A run's ``env.json`` records this
-fingerprint (outside the config hash); two runs are expected to match bit for bit only when their
-fingerprints are equal (:func:`fingerprint_key`).
-"""
+"""Which machine and software stack a run came from: the facts that decide bit-for-bit equality, as
+kernels (and so rounding) differ between processor models, GPU models, drivers and library releases.
+A run's ``env.json`` records this fingerprint outside the config hash (README, "Reproducibility
+promise"); runs are expected to be bit-equal only when their :func:`fingerprint_key` is equal."""
 from __future__ import annotations
 
 import hashlib
@@ -54,19 +50,13 @@ def machine(device: torch.device | str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "arch": platform.machine(),
         "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "mkldnn": torch.backends.mkldnn.is_available(), "onednn": _onednn_version(),
+        "mkldnn": torch.backends.mkldnn.is_available(), "onednn": _version(torch.__config__.show()),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         out.update(gpu_name=props.name, compute_capability=f"{props.major}.{props.minor}",
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                   driver=_nvidia_driver())
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), driver=_nvidia_driver())
     return out
-
-
-def _onednn_version(config: str | None = None) -> str | None:
-    """oneDNN's version ('3.12.0') as torch's build configuration reports it (None if it does not)."""
-    return _version(torch.__config__.show() if config is None else config)
 
 
 def _version(text: Any) -> str | None:
@@ -126,11 +116,10 @@ def summarise(envs: list[dict[str, Any] | None]) -> dict[str, Any]:
     """The machine(s) a study was made on, from its runs' ``env.json``: one entry per fingerprint
     (most runs first) with its fields and run count; ``unrecorded`` counts runs without one."""
     keys = [fingerprint_key(e) for e in envs]
-    counts = Counter(k for k in keys if k is not None)
     one = {k: e for k, e in zip(keys, envs, strict=True) if k is not None}
     machines = [{"fingerprint": k, "runs": n, **fingerprint(one[k]),
                  "cpu_capability": one[k]["machine"].get("cpu_capability")}
-                for k, n in counts.most_common()]
+                for k, n in Counter(k for k in keys if k is not None).most_common()]
     return {"runs": len(envs), "unrecorded": keys.count(None), "machines": machines}
 
 

@@ -22,13 +22,9 @@ def _check_sparsity(s: float) -> None:
 
 def prunable(model: nn.Module, include: Callable[[str], bool] | None = None) -> dict[str, nn.Parameter]:
     """Conv and linear weights by parameter name, optionally filtered by ``include(name)``."""
-    out = {}
-    for mname, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            name = f"{mname}.weight" if mname else "weight"
-            if include is None or include(name):
-                out[name] = m.weight
-    return out
+    out = {f"{mname}.weight" if mname else "weight": m.weight for mname, m in model.named_modules()
+           if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return {n: w for n, w in out.items() if include is None or include(n)}
 
 
 def cubic(final: float, frac: float) -> float:
@@ -82,12 +78,8 @@ def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "global",
         return {n: _keep_mask(_scores(p), round(sparsity * p.numel())).view_as(p)
                 for n, p in params.items()}
     scores = torch.cat([_scores(p) for p in params.values()])
-    keep = _keep_mask(scores, round(sparsity * scores.numel()))
-    out, i = {}, 0
-    for n, p in params.items():
-        out[n] = keep[i:i + p.numel()].view_as(p)
-        i += p.numel()
-    return out
+    keep = _keep_mask(scores, round(sparsity * scores.numel())).split([p.numel() for p in params.values()])
+    return {n: k.view_as(p) for (n, p), k in zip(params.items(), keep, strict=True)}
 
 
 @torch.no_grad()
@@ -95,8 +87,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Zero every weight that ``masks`` drops (in place)."""
     params = dict(model.named_parameters())
     for name, m in masks.items():
-        p = params[name]
-        p.mul_(m.to(device=p.device, dtype=p.dtype))
+        params[name].mul_(m.to(params[name]))  # the mask in the weight's dtype, on its device
 
 
 def layer_sparsity(model: nn.Module, include: Callable[[str], bool] | None = None) -> dict[str, float]:
@@ -114,12 +105,9 @@ def sparsity(model: nn.Module, include: Callable[[str], bool] | None = None) -> 
 class Pruner:
     """Training hook: holds masks, re-applies them after every optimiser step, grows them by GMP.
 
-    ``after_step(step)`` is called by the training loop after each optimiser step (step counted
-    from 1). With ``final`` > 0 and a (begin, end) window in steps, it prunes to
-    :func:`gmp_sparsity` with the schedule's ``ramp`` at every ``every``-th step of the window
-    (and at its end), ``scope`` wide;
-    masks only grow, because weights already zero are pruned first.
-    """
+    With ``final`` > 0 and a (begin, end) window in steps (counted from 1), ``after_step`` prunes
+    to :func:`gmp_sparsity` with the schedule's ``ramp`` at every ``every``-th step of the window
+    (and at its end), ``scope`` wide; masks only grow, because weights already zero go first."""
 
     def __init__(self, model: nn.Module, *, final: float = 0.0, begin_step: int = 0,
                  end_step: int = 1, every: int = 1, scope: str = "layerwise",
@@ -138,30 +126,24 @@ class Pruner:
         """GMP with begin/end as fractions of ``total_steps`` and about ``events`` prunes."""
         if not (0 <= begin < end <= 1):
             raise ValueError(f"GMP fractions must satisfy 0 <= begin < end <= 1; got {begin}, {end}")
-        b, e = round(begin * total_steps), round(end * total_steps)
-        e = max(e, b + 1)
+        b = round(begin * total_steps)
+        e = max(round(end * total_steps), b + 1)
         return cls(model, final=final, begin_step=b, end_step=e,
                    every=max(1, round((e - b) / events)), **kw)
-
-    def is_event(self, step: int) -> bool:
-        if self.final == 0 or step < self.begin or step > self.end:
-            return False
-        return (step - self.begin) % self.every == 0 or step == self.end
-
-    def prune_to(self, target: float) -> None:
-        new = magnitude_masks(self.model, target, self.scope, self.include)
-        self.masks = {n: new[n] & self.masks[n].to(new[n].device) if n in self.masks else new[n]
-                      for n in new}
 
     def after_step(self, step: int) -> None:
         if self.masks:  # first undo what this optimiser step did to pruned weights
             apply_masks(self.model, self.masks)
-        if self.is_event(step):
-            target = gmp_sparsity(step, self.begin, self.end, self.final, self.ramp)
-            if target > 0:
-                self.prune_to(target)
-                apply_masks(self.model, self.masks)
-                self.events.append((step, target, sparsity(self.model, self.include)))
+        if self.final == 0 or not self.begin <= step <= self.end or (
+                (step - self.begin) % self.every and step != self.end):
+            return  # not a pruning event
+        target = gmp_sparsity(step, self.begin, self.end, self.final, self.ramp)
+        if target > 0:
+            new = magnitude_masks(self.model, target, self.scope, self.include)
+            self.masks = {n: new[n] & self.masks[n].to(new[n].device) if n in self.masks else new[n]
+                          for n in new}
+            apply_masks(self.model, self.masks)
+            self.events.append((step, target, sparsity(self.model, self.include)))
 
     def state_dict(self) -> dict:
         return {"masks": {n: m.cpu() for n, m in self.masks.items()}, "events": self.events}

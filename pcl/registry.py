@@ -1,14 +1,8 @@
-"""One generic registry class, and the two registries of the study (bottom layer).
+"""The one registry class and the study's two registries, :data:`METHODS` and :data:`SCHEDULES`
+(bottom layer: filled by :mod:`pcl.methods` and :mod:`pcl.schedules`, read by :mod:`pcl.config`).
 
-:data:`METHODS` and :data:`SCHEDULES` are filled by :mod:`pcl.methods` and :mod:`pcl.schedules`
-(imported by ``pcl/__init__``), which sit above the models and the pruning they register;
-:mod:`pcl.config` looks names up here, so nothing imports back up.
-
-An :class:`Entry` owns its parameters, in the style of open_lth's per-strategy hparams: ``owns``
-names the ``RunConfig`` fields only it uses (reset to their defaults for runs of other entries,
-so they never change those runs' hashes), ``hparams`` its own knobs with their defaults (a run
-keeps a value in ``RunConfig.hparams`` only when it differs from the default, so a knob enters
-a run's hash only when that entry is used with a non-default value).
+What an :class:`Entry`'s ``owns`` and ``hparams`` mean for run names: docs/ARCHITECTURE.md,
+"Parameters and run names".
 """
 from __future__ import annotations
 
@@ -53,11 +47,9 @@ class Registry(Generic[E]):
         self._entries.pop(name, None)
 
     def names(self) -> tuple[str, ...]:
-        """Every registered name, in registration order."""
         return tuple(self._entries)
 
     def get(self, name: str) -> E:
-        """The entry registered as ``name``; an unknown name raises naming the allowed ones."""
         try:
             return self._entries[name]
         except (KeyError, TypeError):

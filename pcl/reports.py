@@ -28,10 +28,9 @@ def accuracy_summary(runs: pd.DataFrame) -> str:
         text = f"- **{m}**: dense {_pct(r['mean'])} ± {_pct(r['std'])} ({int(r['count'])} seeds)"
         if len(pruned):
             g = pruned.groupby(["schedule", "sparsity"]).test_acc.mean()
-            (sch, s), worst = g.idxmin(), g.min()
-            (sch_b, s_b), best = g.idxmax(), g.max()
-            text += (f"; pruned populations range from {_pct(worst)} ({sch} @ {s:g}) to "
-                     f"{_pct(best)} ({sch_b} @ {s_b:g})")
+            (sch, s), (sch_b, s_b) = g.idxmin(), g.idxmax()
+            text += (f"; pruned populations range from {_pct(g.min())} ({sch} @ {s:g}) to "
+                     f"{_pct(g.max())} ({sch_b} @ {s_b:g})")
         lines.append(text + ".")
     pruned = runs[runs.sparsity > 0]
     if len(pruned):
@@ -41,9 +40,8 @@ def accuracy_summary(runs: pd.DataFrame) -> str:
 
 
 def qscore_by_pie(qscores: pd.DataFrame, pies: pd.DataFrame) -> pd.DataFrame:
-    """Mean population Q-Score of PIEs and of the other images, per configuration; the dense
-    population's values on the same images alongside (columns ``pruned_pie``,
-    ``pruned_rest``, ``dense_pie``, ``dense_rest``)."""
+    """Mean population Q-Score of PIEs and of the other images per configuration (``pruned_pie``,
+    ``pruned_rest``), and the dense population's on the same images (``dense_pie``, ``dense_rest``)."""
     rows = []
     for (m, sch, s), p in pies.groupby(KEYS):
         if sch in ("dense", "floor"):
@@ -68,11 +66,10 @@ def qscore_summary(table: pd.DataFrame) -> str:
     lines = []
     for r in table.itertuples():
         d_pie, d_rest = r.pruned_pie - r.dense_pie, r.pruned_rest - r.dense_rest
-        lines.append(f"- **{r.method} {r.schedule} @ {r.sparsity:g}** ({r.pies:,} PIEs): dense Q-Score "
-                     f"of PIEs {r.dense_pie:.4f} vs {r.dense_rest:.4f} for the rest; change under "
-                     f"pruning {d_pie:+.4f} for PIEs vs {d_rest:+.4f} for the rest, a difference "
-                     f"of {d_pie - d_rest:+.4f} "
-                     f"({'PIEs fare worse' if d_pie < d_rest else 'PIEs do not fare worse'}).")
+        lines.append(f"- **{r.method} {r.schedule} @ {r.sparsity:g}** ({r.pies:,} PIEs): dense Q-Score of "
+                     f"PIEs {r.dense_pie:.4f} vs {r.dense_rest:.4f} for the rest; change under pruning "
+                     f"{d_pie:+.4f} for PIEs vs {d_rest:+.4f} for the rest, a difference of "
+                     f"{d_pie - d_rest:+.4f} (PIEs {'' if d_pie < d_rest else 'do not '}fare worse).")
     return "\n".join(lines)
 
 
@@ -98,53 +95,42 @@ def umap_summary(embeddings: dict[str, np.ndarray], labels: np.ndarray) -> str:
     classes in the 2-D embedding (scikit-learn; 1 = tight separate clusters, 0 = overlapping)."""
     from sklearn.metrics import silhouette_score
 
-    lines = []
-    for title, e in embeddings.items():
-        lines.append(f"- **{title}**: class silhouette {silhouette_score(e, labels):.3f} "
-                     f"({len(e):,} test images).")
-    return "\n".join(lines)
+    return "\n".join(f"- **{title}**: class silhouette {silhouette_score(e, labels):.3f} "
+                     f"({len(e):,} test images)." for title, e in embeddings.items())
 
 
-# ------------------------------------------------------------------------------------------------
-# the claims table (T1) and the PIE counts
-# ------------------------------------------------------------------------------------------------
 def _num(x: float) -> str:
     """A number for prose: integers with thousands separators, else 3 significant digits."""
     if not np.isfinite(x):
         return "n/a"
-    if float(x).is_integer() or abs(x) >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.3g}"
+    return f"{x:,.0f}" if float(x).is_integer() or abs(x) >= 100 else f"{x:.3g}"
 
 
 def _ci(lo: float, hi: float) -> str:
     return f"[{_num(lo)}, {_num(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else "[no interval]"
 
 
-def claims_notes(t1: pd.DataFrame) -> str:
-    """What T1's intervals cover and what its verdicts mean (printed under the table)."""
-    label = t1.interval.iloc[0] if len(t1) else ""
-    return (f"Intervals: {label}. A PIE statistic depends on how many models vote, so each "
-            "interval covers the statistic's expected value at the populations' size, not the "
-            "value infinitely many seeds would give; comparisons are fair only between populations "
-            "of equal size and matched accuracy. Verdicts: *holds* / *contradicted* when the "
-            "interval excludes zero on the claim's / the other side, *cannot be told apart* "
-            f"otherwise; *too few seeds* below {MIN_UNITS}; *not decided* where a confound makes "
-            f"the comparison unfair (dense accuracies more than {100 * MAX_ACCURACY_GAP:g} points "
-            f"apart, a noise floor below {MIN_FLOOR} PIEs, an onset sweep with fewer than "
-            f"{MIN_ONSETS} begins or a window ending after {MAX_ONSET_END} of training). Rows "
-            "marked 'shown' do not decide their claim.")
-
-
 def claims_markdown(t1: pd.DataFrame) -> str:
-    """T1 as a Markdown table with its notes (for the README and the executed notebook)."""
+    """T1 as a Markdown table (for the README and the executed notebook), with notes on what its
+    intervals cover and what its verdicts mean."""
     lines = ["| claim | comparison | statistic | estimate [95% CI] | verdict | notes |",
              "|---|---|---|---|---|---|"]
     for r in t1.itertuples():
         v = f"**{r.verdict}**" if r.decides else f"{r.verdict} (shown)"
         lines.append(f"| {r.claim} | {r.comparison} | {r.statistic} | "
                      f"{_num(r.estimate)} {_ci(r.ci_low, r.ci_high)} | {v} | {r.note} |")
-    return "\n".join(lines) + "\n\n" + claims_notes(t1)
+    label = t1.interval.iloc[0] if len(t1) else ""
+    notes = (f"Intervals: {label}. A PIE statistic depends on how many models vote, so each "
+             "interval covers the statistic's expected value at the populations' size, not the "
+             "value infinitely many seeds would give; comparisons are fair only between populations "
+             "of equal size and matched accuracy. Verdicts: *holds* / *contradicted* when the "
+             "interval excludes zero on the claim's / the other side, *cannot be told apart* "
+             f"otherwise; *too few seeds* below {MIN_UNITS}; *not decided* where a confound makes "
+             f"the comparison unfair (dense accuracies more than {100 * MAX_ACCURACY_GAP:g} points "
+             f"apart, a noise floor below {MIN_FLOOR} PIEs, an onset sweep with fewer than "
+             f"{MIN_ONSETS} begins or a window ending after {MAX_ONSET_END} of training). Rows "
+             "marked 'shown' do not decide their claim.")
+    return "\n".join(lines) + "\n\n" + notes
 
 
 def counts_markdown(counts: pd.DataFrame, sparsity: float | None = None) -> str:
@@ -153,16 +139,14 @@ def counts_markdown(counts: pd.DataFrame, sparsity: float | None = None) -> str:
     if counts is None or counts.empty:
         return "No pruned population is finished yet."
     s = counts.sparsity.max() if sparsity is None else sparsity
-    d = counts[counts.sparsity == s]
     lines = [f"PIE counts at sparsity {s} (95% intervals over seeds; the noise floor is the PIE "
              "count between two independent dense populations of the same method; tied votes are "
              "dense / pruned):"]
-    for m, g in d.groupby("method", sort=False):
-        parts = [f"{r.schedule} {_num(r.pies)} {_ci(r.ci_low, r.ci_high)} (floor {_num(r.floor)}"
-                 f" {_ci(r.floor_ci_low, r.floor_ci_high)}, {r.pies_over_floor:.2f}x floor; ties "
-                 f"{r.ties_dense}/{r.ties_pruned})" if np.isfinite(r.floor) else
-                 f"{r.schedule} {_num(r.pies)} {_ci(r.ci_low, r.ci_high)} (no floor population; "
-                 f"ties {r.ties_dense}/{r.ties_pruned})" for r in g.itertuples()]
+    for m, g in counts[counts.sparsity == s].groupby("method", sort=False):
+        parts = [f"{r.schedule} {_num(r.pies)} {_ci(r.ci_low, r.ci_high)} ("
+                 + (f"floor {_num(r.floor)} {_ci(r.floor_ci_low, r.floor_ci_high)}, "
+                    f"{r.pies_over_floor:.2f}x floor" if np.isfinite(r.floor) else "no floor population")
+                 + f"; ties {r.ties_dense}/{r.ties_pruned})" for r in g.itertuples()]
         lines.append(f"- **{m}**: " + "; ".join(parts) + ".")
     return "\n".join(lines)
 
@@ -171,19 +155,15 @@ def summary_markdown(t1: pd.DataFrame | None, counts: pd.DataFrame | None = None
                      sparsity: float | None = None) -> str:
     """A short summary generated from the tables: the PIE counts next to their floors, and per
     claim whether it is confirmed (every deciding row holds) and how its rows split."""
-    out = []
-    if counts is not None:
-        out.append(counts_markdown(counts, sparsity))
+    out = [] if counts is None else [counts_markdown(counts, sparsity)]
     if t1 is not None and len(t1):
         scale = t1.scale.iloc[0] if "scale" in t1 and t1.scale.iloc[0] else ""
         out.append(f"Claims{f' at {scale}' if scale else ''} (verdicts from 95% intervals over "
                    "seeds; only deciding rows count):")
         for claim, g in t1.groupby("claim", sort=False):
             dec = g[g.decides.astype(bool)]
-            if len(dec) == 0:
-                out.append(f"- **{claim}**: no deciding comparison could be computed.")
-                continue
-            out.append(f"- **{claim}**: {_tally(dec.verdict)}. " + _evidence(dec))
+            out.append(f"- **{claim}**: " + (f"{_tally(dec.verdict)}. {_evidence(dec)}" if len(dec)
+                                            else "no deciding comparison could be computed."))
     return "\n\n".join(out) if out else "Nothing to summarise yet."
 
 
@@ -199,10 +179,7 @@ def _tally(verdicts: pd.Series) -> str:
 
 def _evidence(dec: pd.DataFrame) -> str:
     """Every deciding row's estimate, interval and verdict, grouped by statistic."""
-    parts = []
-    for stat, h in dec.groupby("statistic", sort=False):
-        parts.append(f"{stat}: " + "; ".join(
-            f"{r.comparison} = {_num(r.estimate)} {_ci(r.ci_low, r.ci_high)} ({r.verdict}"
-            + (f": {r.note}" if r.verdict == NOT_DECIDED else "") + ")"
-            for r in h.itertuples()))
-    return ". ".join(parts) + "."
+    row = lambda r: (f"{r.comparison} = {_num(r.estimate)} {_ci(r.ci_low, r.ci_high)} ({r.verdict}"
+                     + (f": {r.note}" if r.verdict == NOT_DECIDED else "") + ")")
+    return ". ".join(f"{stat}: " + "; ".join(map(row, h.itertuples()))
+                     for stat, h in dec.groupby("statistic", sort=False)) + "."

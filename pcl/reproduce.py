@@ -1,12 +1,5 @@
 """``make reproduce``: run every numbered notebook in order under papermill.
 
-    python -m pcl.reproduce [--profile auto|smoke|cpu|paper] [--dataset synthetic] [--data DIR]
-                            [--runs DIR] [--out DIR] [--only 01,02]
-                            [--executor local|submitit-local|slurm] [--slurm-partition P]
-                            [--slurm-gpus N] [--slurm-time T] [--slurm-array-parallelism N]
-                            [--slurm-log-dir DIR] [--slurm-extra 'account=abc,mem=32G']
-                            [--stale-after SECONDS]
-
 Executed copies go to ``notebooks/executed/<profile>/`` (kept in git); figures to
 ``figures/<profile>/``, tables to ``results/<profile>/``. A failing notebook stops the chain with
 its name and the failing cell's error; its partially executed copy is kept for inspection.
@@ -33,17 +26,14 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 def notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
     """The numbered notebooks, in the order they run."""
-    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
 
 
 def declared_parameters(path: Path) -> set[str]:
     """Names assigned in a notebook's ``parameters`` cell."""
-    nb = nbformat.read(path, as_version=4)
-    names: set[str] = set()
-    for c in nb.cells:
-        if "parameters" in c.get("metadata", {}).get("tags", []):
-            names |= set(re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=", c.source, flags=re.M))
-    return names
+    cells = nbformat.read(path, as_version=4).cells
+    return {n for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])
+            for n in re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=", c.source, flags=re.M)}
 
 
 def run_chain(profile: str = "auto", dataset: str | None = None, data_root: str | None = None,
@@ -51,14 +41,11 @@ def run_chain(profile: str = "auto", dataset: str | None = None, data_root: str 
               results: str = "results", only: list[str] | None = None,
               folder: Path = NOTEBOOK_DIR, kernel: str = "python3",
               executor: dict | None = None) -> list[Path]:
-    """Execute the notebooks with papermill; returns the executed copies' paths.
-
-    ``executor``: further notebook parameters (``executor``, ``slurm_*``, ``stale_after``),
-    passed to the notebooks that declare them (the training notebooks 01-03).
-    Raises ``RuntimeError``
-    naming the notebook and the failing cell's error.
-    """
-    name, why = resolve_preset_name(profile)
+    """Execute the notebooks with papermill; returns the executed copies' paths. ``executor``:
+    further notebook parameters (``executor``, ``slurm_*``, ``stale_after``), passed to the notebooks
+    that declare them (the training notebooks 01-03). Raises ``RuntimeError`` naming the notebook
+    and the failing cell's error."""
+    name, _ = resolve_preset_name(profile)
     if name not in PRESETS:
         raise ValueError(f"unknown profile {name!r}; allowed: auto, {', '.join(PRESETS)}")
     tag = name if dataset != "synthetic" else f"{name}-synthetic"
@@ -91,14 +78,10 @@ def executor_parameters(a: argparse.Namespace) -> dict:
     """The training notebooks' executor parameters from the command line (unset ones left out,
     so the notebooks' defaults apply), checked now: a bad time limit or sbatch parameter fails
     before the first notebook runs."""
-    p = {"executor": a.executor, "slurm_partition": a.slurm_partition, "slurm_gpus": a.slurm_gpus,
-         "slurm_time": a.slurm_time, "slurm_array_parallelism": a.slurm_array_parallelism,
-         "slurm_log_dir": a.slurm_log_dir, "slurm_extra": a.slurm_extra, "stale_after": a.stale_after}
-    p = {k: v for k, v in p.items() if v not in (None, "")}
-    cluster_options(a.executor, p.get("slurm_partition"), p.get("slurm_gpus"), p.get("slurm_time"),
-                    p.get("slurm_array_parallelism"), p.get("slurm_log_dir"), p.get("slurm_extra"),
-                    p.get("stale_after"))
-    return p
+    names = ("executor", "slurm_partition", "slurm_gpus", "slurm_time", "slurm_array_parallelism",
+             "slurm_log_dir", "slurm_extra", "stale_after")  # cluster_options' parameters, in order
+    cluster_options(*(getattr(a, k) for k in names))
+    return {k: getattr(a, k) for k in names if getattr(a, k) not in (None, "")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     name, why = resolve_preset_name(a.profile)
     print(f"[reproduce] profile {name!r}: {why}", flush=True)
     if name not in PRESETS:
-        print(f"[reproduce] unknown profile {name!r}; allowed: auto, {', '.join(PRESETS)}",
-              file=sys.stderr)
+        print(f"[reproduce] unknown profile {name!r}; allowed: auto, {', '.join(PRESETS)}", file=sys.stderr)
         return 2
     try:
         executor = executor_parameters(a)

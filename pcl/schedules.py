@@ -1,19 +1,9 @@
-"""Pruning schedules, one registry entry each: where a schedule prunes, its role, what it needs.
+"""Pruning schedules (a run config's ``pruning``), one registry entry each: where a schedule
+prunes, its role in the study and what it needs (docs/ARCHITECTURE.md, "The study's vocabulary").
 
-A schedule is the ``pruning`` field of a run config (the population label a run gets is
-``RunConfig.schedule``; the learning-rate schedule is ``lr_schedule``, a different thing). Its
-entry declares its role in the study: the stage that plans it and the configs it adds
-(:func:`pcl.study.plan`), whether it is a main schedule (compared in every main figure) or the
-onset sweep (its runs are the onset curve), the parent run it needs (``RunConfig.parent()``;
-executors train parents first), its ramp (the target sparsity along the pruned phase, which the
-:class:`~pcl.pruning.Pruner` asks), the phases it trains (a method's own, or one-shot's
-fine-tuning) and the config fields and hparams it owns (:class:`pcl.registry.Entry`).
-
-Adding a schedule is one :func:`register` call, here or in user code::
+Adding one is a :func:`register` call, here or in user code, then a preset listing it::
 
     register(FixedGMP("gmp_mid", fixed=(0.3, 0.5), ramp=pruning.linear))
-
-then list it in a preset's ``schedules``.
 """
 from __future__ import annotations
 
@@ -32,8 +22,6 @@ if TYPE_CHECKING:  # type hints only
 _FINETUNE = ("finetune_epochs", "finetune_lr", "finetune_batch_size", "finetune_weight_decay",
              "finetune_head_only", "oneshot_scope")
 _GMP = ("gmp_events", "gmp_scope")
-#: One-shot fine-tuning's optimiser beyond the ``finetune_*`` fields (OneShot's hparams).
-FINETUNE_OPTIM = {"finetune_momentum": 0.9, "finetune_nesterov": True, "finetune_lr_schedule": "constant"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +29,6 @@ class Schedule(Entry):
     """No pruning ('none', population label 'dense'); the base of every other schedule."""
 
     name: str = "none"
-    color: str | None = "0.3"
     stage: str = "dense"  # the study.plan stage that trains it
     always: bool = True  # planned in every study; False: only when a preset lists it in schedules
     needs_parent: bool = False
@@ -63,8 +50,7 @@ class Schedule(Entry):
         return 0.0 if w is None else gmp_sparsity(t, w[0], w[1], cfg.sparsity, self.ramp)
 
     def configs(self, preset: Preset, method: str, seed: int) -> list[RunConfig]:
-        """The runs of this schedule in ``preset`` for one method and seed: the dense run, or one
-        run per sparsity of the preset."""
+        """This schedule's runs in ``preset`` for one method and seed: dense, or one per sparsity."""
         if self.name == "none":
             return [preset.run(method, seed)]
         return [preset.run(method, seed, self.name, s) for s in preset.sparsities]
@@ -82,9 +68,8 @@ class Schedule(Entry):
 
     def callbacks(self, cfg: RunConfig, spec: PhaseSpec, model: nn.Module, net: nn.Module,
                   total_steps: int) -> list[Any]:
-        """Training callbacks (``after_step``/``after_epoch``) this schedule adds to one phase.
-
-        Called once per phase when it is built, after any resumed weights are loaded."""
+        """Training callbacks (``after_step``/``after_epoch``) this schedule adds to one phase; called
+        once per phase when it is built, after any resumed weights are loaded."""
         return []
 
 
@@ -94,7 +79,6 @@ class FixedGMP(Schedule):
 
     name: str = "gmp_early"
     owns: tuple[str, ...] = _GMP
-    color: str | None = None
     stage: str = "gmp"
     always: bool = False
     main: bool = True
@@ -125,9 +109,7 @@ class OnsetGMP(FixedGMP):
 
     def configs(self, preset, method, seed):
         """GMP starting at each of ``preset.onset_begins``, ``onset_duration`` long (clipped at the
-        end of training), at ``onset_sparsity``; none for a method ``onset_methods`` leaves out."""
-        if preset.onset_methods is not None and method not in preset.onset_methods:
-            return []
+        end of training), at ``onset_sparsity``."""
         return [preset.run(method, seed, self.name, preset.onset_sparsity, gmp_begin=b,
                            gmp_end=min(1.0, b + preset.onset_duration))
                 for b in preset.onset_begins]
@@ -151,9 +133,9 @@ class OneShot(Schedule):
 
     name: str = "oneshot"
     owns: tuple[str, ...] = _FINETUNE
-    hparams: dict[str, Any] = field(default_factory=lambda: dict(FINETUNE_OPTIM), hash=False,
-                                    compare=False)
-    color: str | None = "tab:green"
+    hparams: dict[str, Any] = field(default_factory=lambda: {
+        "finetune_momentum": 0.9, "finetune_nesterov": True, "finetune_lr_schedule": "constant"},
+        hash=False, compare=False)
     stage: str = "oneshot"
     always: bool = False
     needs_parent: bool = True
@@ -186,11 +168,7 @@ register, unregister, names, get = SCHEDULES.register, SCHEDULES.unregister, SCH
 def stages() -> tuple[str, ...]:
     """The study stages in plan order: 'dense', 'floor' (the noise floor's dense runs), then the
     stage of every registered schedule (gmp, oneshot, onset), each once."""
-    out = ["dense", "floor"]
-    for s in SCHEDULES:
-        if s.stage not in out:
-            out.append(s.stage)
-    return tuple(out)
+    return tuple(dict.fromkeys(["dense", "floor", *(s.stage for s in SCHEDULES)]))
 
 
 def main_schedules() -> tuple[str, ...]:
@@ -198,9 +176,8 @@ def main_schedules() -> tuple[str, ...]:
     return tuple(s.name for s in SCHEDULES if s.main)
 
 
-
 register(Schedule())
-register(FixedGMP("gmp_early", fixed=(0.0125, 0.25), color="tab:red"))
-register(FixedGMP("gmp_late", fixed=(0.10, 0.194), color="tab:blue"))
+register(FixedGMP("gmp_early", fixed=(0.0125, 0.25)))
+register(FixedGMP("gmp_late", fixed=(0.10, 0.194)))
 register(OneShot())
 register(OnsetGMP())

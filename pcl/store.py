@@ -1,4 +1,4 @@
-"""The run store: one folder per run config, named by its hash, written atomically.
+"""The run store: one folder per run config, named by its hash (README: Runs).
 
 Layout of a run folder ``<root>/<method>/<hash>/``::
 
@@ -13,26 +13,19 @@ Layout of a run folder ``<root>/<method>/<hash>/``::
     DONE              written last: JSON with the sha256 of every file above that it lists
     eval/<name>.pt    evaluation artifacts, each with a <name>.pt.sha256 written after it
 
-Every file is written to a temporary name, flushed and renamed into place, so a crash leaves
-either the old file or the new one. A run without DONE is partial and never read as finished; a
-file whose hash differs from the one recorded is reported as corrupt, never used.
-
-A finished run is immutable. ``finish`` writes every final file into a private temporary folder
-first and publishes them under a short publish lease, DONE last; when another writer finished the
-run first, its own output is discarded. So two writers never mix their files, and no reader sees
-DONE before the files it lists. Temporary files (``*.tmp``) of a killed writer are never read and
-are removed by the next writer of the run. Files are created readable by the group and others as
-the umask allows (a store shared by a team or a cluster must be readable by all its users).
-"""
+Every file is written under a temporary name (``*.tmp``, never read), flushed and renamed into
+place; a run without DONE is never read as finished; files get the mode a plain open gives them."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,70 +46,38 @@ class CorruptRunError(RuntimeError):
     """A stored file does not match its recorded hash, or cannot be read."""
 
 
-def _read_umask() -> int:
+def _is_hex(s: Any, n: int) -> bool:
+    """Is ``s`` a string of ``n`` lowercase hex digits (a run hash: 12, a sha256: 64)?"""
+    return isinstance(s, str) and len(s) == n and all(c in "0123456789abcdef" for c in s)
+
+
+def _write_durable(data: bytes, path: Path, final: Path | None = None) -> None:
+    """Write ``data`` to the new file ``path``, flush it to disk and (given ``final``) rename it
+    there. A failure (a full disk, a lost mount) is restated naming the file and its run."""
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # no /proc: read it the only portable way (set and restore)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def _share(fd_or_path: int | str | Path, directory: bool = False) -> None:
-    """Give a file made by mkstemp/mkdtemp (mode 0600/0700) the mode a plain open would give it."""
-    mode = (0o777 if directory else 0o666) & ~_UMASK
-    if isinstance(fd_or_path, int):
-        os.fchmod(fd_or_path, mode)
-    else:
-        os.chmod(fd_or_path, mode)
-
-
-def _write_failed(path: Path, err: OSError) -> OSError:
-    """``err`` (a full disk, a lost mount) restated with the file and the run it was writing."""
-    run = next((p for p in path.parents if _is_run_hash(p.name)), None)
-    return OSError(err.errno, f"writing {path}{f' (run {run})' if run else ''} failed: {err.strerror}")
-
-
-def _is_run_hash(name: str) -> bool:
-    return len(name) == 12 and all(c in "0123456789abcdef" for c in name)
-
-
-def _write_durable(data: bytes, path: Path) -> None:
-    """Write ``data`` to the new file ``path`` and flush it to disk."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
+        with open(path, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if final is not None:
+            os.replace(path, final)
     except OSError as err:
-        raise _write_failed(path, err) from err
+        shown = final or path
+        run = next((p for p in shown.parents if _is_hex(p.name, 12)), None)
+        raise OSError(err.errno, f"writing {shown}{f' (run {run})' if run else ''} failed: "
+                                 f"{err.strerror}") from err
 
 
-def _atomic_write_bytes(data: bytes, path: Path) -> None:
+def _atomic_write_bytes(data: bytes, path: str | Path) -> str:
+    """Write ``data`` to ``path`` through a temporary file; returns its sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        _share(fd)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise _write_failed(path, err) from err
-        raise
+        _write_durable(data, tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -131,15 +92,11 @@ def _json_bytes(obj: Any) -> bytes:
 
 def atomic_save(obj: Any, path: str | Path) -> str:
     """``torch.save`` to a temporary file and rename into place; returns the file's sha256."""
-    data = _torch_bytes(obj)
-    _atomic_write_bytes(data, Path(path))
-    return hashlib.sha256(data).hexdigest()
+    return _atomic_write_bytes(_torch_bytes(obj), path)
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> str:
-    data = _json_bytes(obj)
-    _atomic_write_bytes(data, Path(path))
-    return hashlib.sha256(data).hexdigest()
+    return _atomic_write_bytes(_json_bytes(obj), path)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -152,16 +109,12 @@ def file_sha256(path: str | Path) -> str:
 
 def _fsync_dir(d: Path) -> None:
     """Make the renames into ``d`` durable (best effort: not every file system allows it)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _plain_name(name: Any) -> bool:
@@ -169,16 +122,10 @@ def _plain_name(name: Any) -> bool:
             and not name.startswith(".") and name not in RESERVED)
 
 
-def _is_sha256(v: Any) -> bool:
-    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
-
-
 def read_done(run_dir: str | Path) -> dict[str, str]:
-    """The DONE record of a finished run folder: {file name: sha256}.
-
-    Raises FileNotFoundError without DONE and CorruptRunError when DONE does not hold a mapping of
-    plain file names to sha256 digests that lists at least every file of ``RUN_FILES``.
-    """
+    """The DONE record of a finished run folder: {file name: sha256}. Raises FileNotFoundError
+    without DONE, CorruptRunError unless DONE maps plain file names to sha256 digests, listing at
+    least every file of ``RUN_FILES``."""
     d = Path(run_dir)
     p = d / "DONE"
     try:
@@ -193,7 +140,7 @@ def read_done(run_dir: str | Path) -> dict[str, str]:
     if not isinstance(rec, dict):
         raise CorruptRunError(f"{p} holds a JSON {type(rec).__name__} ({raw[:40]!r}), not the "
                               f"mapping of file names to sha256 digests it should; {hint}")
-    bad = [k for k, v in rec.items() if not _plain_name(k) or not _is_sha256(v)]
+    bad = [k for k, v in rec.items() if not _plain_name(k) or not _is_hex(v, 64)]
     if bad:
         raise CorruptRunError(f"{p} has entries that are not a plain file name with a sha256 "
                               f"digest: {sorted(bad)[:5]}; {hint}")
@@ -201,16 +148,6 @@ def read_done(run_dir: str | Path) -> dict[str, str]:
     if missing:
         raise CorruptRunError(f"{p} does not list {missing}; {hint}")
     return rec
-
-
-def read_config(run_dir: str | Path) -> RunConfig:
-    """The RunConfig in ``<run_dir>/config.json``; CorruptRunError naming the file when unreadable."""
-    p = Path(run_dir) / "config.json"
-    try:
-        return RunConfig.from_dict(json.loads(p.read_bytes()))
-    except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
-        raise CorruptRunError(f"{p} is not a readable run config ({type(err).__name__}: {err}); "
-                              f"delete {p.parent} to retrain this run") from err
 
 
 class RunStore:
@@ -250,8 +187,6 @@ class RunStore:
         try:
             return torch.load(p, map_location="cpu", weights_only=False)
         except Exception as e:  # truncated or damaged: restart cleanly rather than use it
-            import warnings
-
             warnings.warn(f"checkpoint {p} is unreadable ({type(e).__name__}); restarting the run",
                           stacklevel=2)
             p.unlink(missing_ok=True)
@@ -261,12 +196,10 @@ class RunStore:
                features: torch.Tensor, env: dict | None = None,
                extra_files: dict[str, Any] | None = None) -> Path:
         """Publish a finished run: its final files, then DONE with their hashes; drop the checkpoint.
-
         ``env`` is stored as ``env.json``; ``extra_files`` maps further plain file names to bytes
-        (written as they are) or JSON-able objects. Every one is listed in DONE. First writer
-        wins: if the run is already finished (another worker got there first), this call leaves
-        the stored run untouched and discards its own output.
-        """
+        (written as they are) or JSON-able objects; DONE lists every one. The files go to a private
+        folder first, so two writers never mix them. First writer wins: a run already finished (by
+        another worker) is left untouched and this call's output discarded."""
         d = self.begin(cfg)
         if self.is_done(cfg):
             (d / "checkpoint.pt").unlink(missing_ok=True)
@@ -285,14 +218,13 @@ class RunStore:
             "features.pt": _torch_bytes(features.float().cpu()),
             **{n: v if isinstance(v, bytes) else _json_bytes(v) for n, v in extras.items()},
         }
-        hashes = {"config.json": file_sha256(d / "config.json")}
-        hashes.update({n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
-        private = Path(tempfile.mkdtemp(prefix=".finish.", suffix=".tmp", dir=d))
+        hashes = {"config.json": file_sha256(d / "config.json"),
+                  **{n: hashlib.sha256(b).hexdigest() for n, b in files.items()}}
+        private = d / f".finish.{secrets.token_hex(8)}.tmp"
+        private.mkdir()
         try:
-            _share(private, directory=True)
-            for name, data in files.items():
+            for name, data in {**files, "DONE": _json_bytes(hashes)}.items():  # DONE last
                 _write_durable(data, private / name)
-            _write_durable(_json_bytes(hashes), private / "DONE")
             self._publish(d, private, list(files))
         finally:
             shutil.rmtree(private, ignore_errors=True)
@@ -300,7 +232,8 @@ class RunStore:
         return d
 
     def _publish(self, d: Path, private: Path, names: list[str]) -> None:
-        """Move ``names`` and then DONE from ``private`` into ``d``, one writer at a time."""
+        """Move ``names`` and then DONE from ``private`` into ``d``, one writer at a time (under the
+        ``PUBLISH`` lease), so no reader sees DONE before the files it lists."""
         from .lease import Lease
 
         lock = Lease(d / "PUBLISH", stale_after=PUBLISH_STALE_AFTER)
@@ -329,32 +262,22 @@ class RunStore:
     def clean_orphans(self, cfg: RunConfig, min_age: float = 60.0) -> list[Path]:
         """Remove temporary files a killed writer left in the run folder (and its eval/), if older
         than ``min_age`` seconds (younger ones may belong to a writer still at work)."""
-        d = self.path(cfg)
-        removed = []
-        now = time.time()
-        for folder in (d, d / "eval"):
-            if not folder.is_dir():
+        d, removed, now = self.path(cfg), [], time.time()
+        folders = [f for f in (d, d / "eval") if f.is_dir()]
+        for p in (e for f in folders for e in f.iterdir() if e.name.endswith((".tmp", ".gone"))):
+            try:
+                if now - p.lstat().st_mtime < min_age:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
                 continue
-            for p in folder.iterdir():
-                if not (p.name.endswith(".tmp") or p.name.endswith(".gone")):
-                    continue
-                try:
-                    if now - p.lstat().st_mtime < min_age:
-                        continue
-                    if p.is_dir() and not p.is_symlink():
-                        shutil.rmtree(p)
-                    else:
-                        p.unlink()
-                    removed.append(p)
-                except FileNotFoundError:
-                    continue
         return removed
 
     # --- reading -----------------------------------------------------------------------------
-    def done_record(self, cfg: RunConfig) -> dict[str, str]:
-        """{file name: sha256} of a finished run (see :func:`read_done`)."""
-        return read_done(self.path(cfg))
-
     def _verified(self, cfg: RunConfig, name: str) -> Path:
         d = self.path(cfg)
         hashes = read_done(d)
@@ -366,9 +289,6 @@ class RunStore:
             raise CorruptRunError(f"{p} is missing or does not match the hash recorded in DONE; "
                                   f"delete {d} to retrain this run")
         return p
-
-    def load_config(self, cfg: RunConfig) -> RunConfig:
-        return read_config(self._verified(cfg, "config.json").parent)
 
     def load_state(self, cfg: RunConfig) -> dict:
         return torch.load(self._verified(cfg, "model.pt"), map_location="cpu", weights_only=True)
@@ -388,11 +308,11 @@ class RunStore:
 
     def load_env(self, cfg: RunConfig) -> dict | None:
         """``env.json`` of a finished run, or None for a run stored without it."""
-        return self.load_json(cfg, "env.json") if "env.json" in self.done_record(cfg) else None
+        return self.load_json(cfg, "env.json") if "env.json" in read_done(self.path(cfg)) else None
 
     def verify(self, cfg: RunConfig) -> None:
         """Check every file DONE lists against its hash (raises CorruptRunError)."""
-        for name in self.done_record(cfg):
+        for name in read_done(self.path(cfg)):
             self._verified(cfg, name)
 
     # --- evaluation artifacts ----------------------------------------------------------------
@@ -405,13 +325,8 @@ class RunStore:
                 raise CorruptRunError(f"{p} does not match its recorded hash; delete it to recompute")
             return torch.load(p, map_location="cpu", weights_only=False)
         value = compute()
-        digest = atomic_save(value, p)
-        _atomic_write_bytes(digest.encode(), side)
+        _atomic_write_bytes(atomic_save(value, p).encode(), side)
         return value
-
-    def finished(self, method: str | None = None) -> list[RunConfig]:
-        """Configs of every finished run in the store (optionally of one method)."""
-        return [read_config(done.parent) for done in sorted(self.root.glob(f"{method or '*'}/*/DONE"))]
 
     def delete(self, cfg: RunConfig) -> None:
         shutil.rmtree(self.path(cfg), ignore_errors=True)

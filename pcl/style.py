@@ -1,7 +1,7 @@
-"""The figure style in one place: one colour per method and one marker and line style per schedule,
-the same in every figure, read from the registries each time a figure is drawn (so a method or
-schedule registered later, or registered without a colour, gets its own), and the scale stamp,
-placed under everything a figure draws so it never runs over an axis or a legend."""
+"""The figure style in one place: one colour per method, one marker and line style per schedule,
+read from the registries at every figure (a method or schedule registered later, or without a
+colour, gets its own), and the scale stamp, under everything a figure draws (so it never runs over
+an axis or a legend)."""
 from __future__ import annotations
 
 import itertools
@@ -76,5 +76,4 @@ def stamp(fig: plt.Figure, label: str) -> None:
     fig.draw_without_rendering()  # runs the layout, so the extent below is the final one
     box = fig.get_tightbbox()  # inches
     w, h = fig.get_size_inches()
-    fig.text(box.x1 / w, (box.y0 - 0.05) / h, label, ha="right", va="top", fontsize=7,
-             color="0.35")
+    fig.text(box.x1 / w, (box.y0 - 0.05) / h, label, ha="right", va="top", fontsize=7, color="0.35")

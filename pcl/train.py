@@ -1,23 +1,10 @@
-"""The training loop (:func:`fit` of one :class:`Phase`) and ``train_run`` (one whole run).
-
-What a run trains comes from the registries: its method (:mod:`pcl.methods`) declares the model
-and the phases (CE training; contrastive encoder training then a linear head), its schedule
-(:mod:`pcl.schedules`) may replace them (one-shot: fine-tuning of the pruned parent) and adds
-the pruning callbacks to each phase. This module only runs them.
-
-GPU-first in the style of airbench: the training split lives on the device as uint8, every batch
-is augmented there with per-image random parameters, channels_last, bf16 autocast where the config
-asks for it (``precision='bf16'``: CUDA, or CPUs with native bf16), no DataLoader and no per-image
-Python. Evaluation is always fp32. Each epoch's data order and augmentation are seeded from
-(seed, phase, epoch), so an interrupted run resumes from its last epoch checkpoint and gives the
-same result as an uninterrupted one.
-
-Reproducibility promise: the same config on the same device type with the same number of torch
-threads gives the same weights, bit for bit. The thread count is pinned per training (1 on CPU by
-default), recorded in the checkpoint and ``env.json``, and a resume uses the recorded count.
-"""
+"""The training loop (:func:`fit` of one :class:`Phase`) and ``train_run`` (one whole run): it runs
+the phases a run's method and schedule declare (docs/ARCHITECTURE.md, "The path of a run config")
+airbench style (README.md, "Speed"), with per-epoch seeds and pinned threads so that a resumed run
+is bit-identical to an uninterrupted one (README.md, "Reproducibility promise")."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -25,31 +12,24 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.nn as nn
 
-from . import (
-    __version__,
-    augment,  # noqa: F401  (tests reach the eval transform as train.augment)
-    provenance,
-)
+from . import __version__, provenance
 from .config import RunConfig, resolve_device
 from .data import Dataset, Split, load_for_config
 from .determinism import CudaDeterminism
 from .divergence import DivergedError, check_config, check_epoch, param_norm
-from .methods import LossFn, PhaseSpec, ce_loss_fn, linear_head_loss_fn, supcon_loss_fn
+from .methods import LossFn, Optim, PhaseSpec
 from .methods import get as get_method
-from .models import WideResNet, channels_last, eval_forward
+from .models import WideResNet, eval_forward
 from .pruning import Pruner, sparsity
 from .schedules import get as get_schedule
 from .store import RunStore
-
-__all__ = ["Callback", "DivergedError", "Phase", "fit", "train_run", "load_run", "load_model",
-           "predict", "lr_at", "steps_per_epoch", "channels_last", "ce_loss_fn", "supcon_loss_fn",
-           "linear_head_loss_fn"]
 
 
 def lr_at(step: int, total: int, base: float, schedule: str, milestones=()) -> float:
@@ -64,38 +44,26 @@ def lr_at(step: int, total: int, base: float, schedule: str, milestones=()) -> f
 
 
 class Callback(Protocol):
-    """The one hook protocol of training; every method is optional.
-
-    ``after_step(step)``: after every optimiser step of a phase (``step`` counts from 1 within
-    the phase; pruning lives here). ``after_epoch(phase, epoch, row)``: after every epoch
-    (``row``: the epoch's history row; checkpointing and progress live here). ``after_run(summary)``:
-    once, when ``train_run`` has stored the run.
-    """
+    """The one hook protocol of training; every method is optional. ``after_step(step)``: after
+    every optimiser step (``step`` counts from 1 within the phase; pruning lives here).
+    ``after_epoch(phase, epoch, row)``: after every epoch (``row``: its history row; checkpointing
+    and progress live here). ``after_run(summary)``: once, when ``train_run`` has stored the run."""
 
     def after_step(self, step: int) -> None: ...
-
     def after_epoch(self, phase: str, epoch: int, row: dict) -> None: ...
-
     def after_run(self, summary: dict) -> None: ...
 
 
 @dataclass
 class Phase:
-    """One optimisation phase of a run, with everything it owns: its SGD settings, the parameters
-    it updates, its loss, its train-mode setter and its callbacks (in call order)."""
+    """One optimisation phase of a run, with everything it owns: its SGD settings and length, the
+    parameters it updates, its loss, its train-mode setter and its callbacks (in call order)."""
 
     name: str
-    epochs: int
-    batch_size: int
-    lr: float
-    schedule: str
-    weight_decay: float
+    optim: Optim
     params: list
     loss_fn: LossFn
     train_mode: Callable[[], None]
-    momentum: float = 0.9
-    nesterov: bool = False
-    milestones: tuple = ()
     callbacks: list = field(default_factory=list)
     optimizer: torch.optim.Optimizer | None = None  # set by fit (checkpointing reads it)
 
@@ -106,36 +74,30 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def _seed(*parts: int) -> int:
-    h = 0
-    for p in parts:
-        h = (h * 1_000_003 + int(p)) % (2 ** 62)
-    return h
+    return functools.reduce(lambda h, p: (h * 1_000_003 + int(p)) % (2 ** 62), parts, 0)
 
 
 def fit(phase: Phase, split: Split, seed: int, phase_id: int, device: torch.device,
         start_epoch: int = 0, opt_state: dict | None = None, run_name: str = "") -> list[dict]:
-    """Run ``phase.epochs`` epochs of SGD on ``split`` (already on ``device``), from ``start_epoch``.
+    """Run the phase's epochs of SGD on ``split`` (already on ``device``), from ``start_epoch``.
 
-    ``phase.loss_fn(x_uint8, y, generator)`` augments and returns the loss. After every optimiser
-    step each callback's ``after_step(step)`` runs, after every epoch its ``after_epoch(phase,
-    epoch, row)`` (:class:`Callback`), in the phase's order. A loss or weights that blow up
+    ``phase.loss_fn(x_uint8, y, generator)`` augments and returns the loss; the callbacks
+    (:class:`Callback`) run in the phase's order. A loss or weights that blow up
     (:mod:`pcl.divergence`) raise :class:`DivergedError` at the end of their epoch, before any
     ``after_epoch`` (so before that epoch is checkpointed).
     """
-    opt = torch.optim.SGD(phase.params, lr=phase.lr, momentum=phase.momentum,
-                          weight_decay=phase.weight_decay, nesterov=phase.nesterov)
+    o = phase.optim
+    opt = torch.optim.SGD(phase.params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                          nesterov=o.nesterov)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     phase.optimizer = opt
     after_step = [cb.after_step for cb in phase.callbacks if hasattr(cb, "after_step")]
     after_epoch = [cb.after_epoch for cb in phase.callbacks if hasattr(cb, "after_epoch")]
     n = len(split)
-    spe = steps_per_epoch(n, phase.batch_size)
-    bs = min(phase.batch_size, n)
-    total = spe * phase.epochs
-    rows = []
-    norm0 = param_norm(phase.params)
-    for epoch in range(start_epoch, phase.epochs):
+    spe, bs = steps_per_epoch(n, o.batch_size), min(o.batch_size, n)
+    rows, norm0 = [], param_norm(phase.params)
+    for epoch in range(start_epoch, o.epochs):
         phase.train_mode()
         t0 = time.perf_counter()
         gen_cpu = torch.Generator().manual_seed(_seed(seed, phase_id, epoch, 1))
@@ -145,7 +107,7 @@ def fit(phase: Phase, split: Split, seed: int, phase_id: int, device: torch.devi
         for i in range(spe):
             step = epoch * spe + i
             for gparam in opt.param_groups:
-                gparam["lr"] = lr_at(step, total, phase.lr, phase.schedule, phase.milestones)
+                gparam["lr"] = lr_at(step, spe * o.epochs, o.lr, o.schedule, o.milestones)
             idx = perm[i * bs:(i + 1) * bs]
             loss = phase.loss_fn(split.images[idx], split.labels[idx], gen_dev)
             opt.zero_grad(set_to_none=True)
@@ -154,8 +116,7 @@ def fit(phase: Phase, split: Split, seed: int, phase_id: int, device: torch.devi
             for cb in after_step:
                 cb(step + 1)
             losses[i] = loss.detach()
-        diverged = check_epoch(losses, phase.params, norm0)  # pcl.divergence: the criterion
-        if diverged:
+        if diverged := check_epoch(losses, phase.params, norm0):  # pcl.divergence: the criterion
             i, what = diverged
             raise DivergedError(f"{run_name or 'run'}: {what} in phase "
                                 f"{phase.name!r}, epoch {epoch + 1}, step {epoch * spe + i + 1} "
@@ -176,15 +137,12 @@ def build_phase(cfg: RunConfig, spec: PhaseSpec, model: nn.Module, net: WideResN
     (pruning) first in its callback list."""
     o = spec.optim(cfg)
     mode = (lambda: spec.train_mode(model, net)) if spec.train_mode is not None else model.train
-    phase = Phase(spec.name, o.epochs, o.batch_size, o.lr, o.schedule, o.weight_decay,
-                  params=spec.params(model, net), loss_fn=spec.loss(model, net, cfg, device),
-                  train_mode=mode, momentum=o.momentum, nesterov=o.nesterov, milestones=o.milestones)
+    phase = Phase(spec.name, o, spec.params(model, net), spec.loss(model, net, cfg, device), mode)
     total = steps_per_epoch(len(train), o.batch_size) * o.epochs
     phase.callbacks += get_schedule(cfg.pruning).callbacks(cfg, spec, model, net, total)
     return phase
 
 
-@torch.no_grad()
 def predict(net: WideResNet, images: torch.Tensor, device: torch.device | str,
             batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Test-time (logits, penultimate features), float32 on the CPU (:func:`pcl.models.eval_forward`)."""
@@ -192,16 +150,14 @@ def predict(net: WideResNet, images: torch.Tensor, device: torch.device | str,
         f = net.features(x)
         return net.fc(f), f
 
-    logits, feats = eval_forward(net, images, device, logits_and_features, batch_size)
-    return logits, feats
+    return tuple(eval_forward(net, images, device, logits_and_features, batch_size))
 
 
 # ------------------------------------------------------------------------------------------------
 def run_env(cfg: RunConfig, device: torch.device, threads: int, cudnn_benchmark: bool = False,
             compile: bool = False) -> dict:
-    """Where and how a run trained (kept outside the config hash): versions, device, threads, and
-    the speed options (cuDNN autotuning, a compiled network) that change results only by
-    floating-point noise."""
+    """Where and how a run trained (kept outside the config hash): versions, device, threads and
+    the speed options, which change results only by floating-point noise."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
@@ -216,53 +172,21 @@ def run_env(cfg: RunConfig, device: torch.device, threads: int, cudnn_benchmark:
             "host": socket.gethostname(), "machine": provenance.machine(device)}
 
 
-def _compile_network(net: WideResNet) -> None:
-    """Compile the network's trunk (stem, blocks, final BN) with ``torch.compile`` for training.
-
-    The trunk is what every training loss runs (CE through ``forward``, SupCon and SimCLR through
-    ``features``, the linear head through ``features`` without gradient), so all phases use it;
-    the weights and their state-dict names stay those of the eager network.
-    """
-    net._trunk = torch.compile(net._trunk)
-
-
-def _uncompile_network(net: WideResNet) -> None:
-    """Back to the eager trunk: evaluation (and anything after training) runs eagerly."""
-    net.__dict__.pop("_trunk", None)
-
-
-class _Threads:
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
     """Pin torch's intra-op thread count for one training, restoring it afterwards."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.old = n, torch.get_num_threads()
-
-    def __enter__(self) -> "_Threads":
-        torch.set_num_threads(self.n)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self.old)
-
-
-def _call(callbacks, name: str, *args) -> None:
-    for cb in callbacks:
-        fn = getattr(cb, name, None)
-        if fn is not None:
-            fn(*args)
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _stateful(callbacks: list) -> list:
     """The callbacks with state (``state_dict``/``load_state_dict``), in the phase's order."""
     return [cb for cb in callbacks if callable(getattr(cb, "state_dict", None))
             and callable(getattr(cb, "load_state_dict", None))]
-
-
-def _load_states(callbacks: list, ckpt: dict) -> None:
-    """Restore every stateful callback's state from a checkpoint (older checkpoints: the pruner's)."""
-    states = ckpt.get("callbacks") or ([ckpt["pruner"]] if ckpt.get("pruner") else [])
-    for cb, state in zip(_stateful(callbacks), states, strict=False):  # old: the pruner only
-        cb.load_state_dict(state)
 
 
 class _Checkpoint:
@@ -304,19 +228,13 @@ def train_run(cfg: RunConfig, store: RunStore | None = None, data: Dataset | Non
               cudnn_benchmark: bool = False, compile: bool = False) -> dict:
     """Train (or load) the run ``cfg`` describes and return its summary.
 
-    A finished run in ``store`` is loaded, never retrained. A partial one resumes from its last
+    A finished run in ``store`` is loaded, never retrained; a partial one resumes from its last
     epoch checkpoint, with the thread count recorded there. ``threads``: torch threads while
     training (default 1 on CPU, where one thread per process is fastest for these small convs; the
-    weights depend on it). ``callbacks``: :class:`Callback` objects (each method optional), called
-    after every step, after every epoch (after its checkpoint) and once after the run is stored.
-    Speed options, recorded in ``env.json``, off by default (each changes a run's weights only by
-    floating-point noise, so the bit-for-bit promise holds only with both off):
-    ``cudnn_benchmark`` trades CUDA determinism (:mod:`pcl.determinism`) for autotuning (cuDNN times
-    the convolution algorithms for each shape and keeps the fastest); ``compile`` trains with the
-    network's trunk compiled by ``torch.compile`` (evaluation stays eager; the first steps pay the
-    compile time, tens of seconds).
-    The returned dict has ``config``, ``path``, ``test_acc``, ``sparsity``, ``history`` and
-    ``state`` (final weights).
+    weights depend on it). ``callbacks``: :class:`Callback` objects, called after every step, after
+    every epoch (after its checkpoint) and once after the run is stored. ``cudnn_benchmark``,
+    ``compile``: the speed options of README.md, "GPU" (off: the bit-for-bit promise).
+    Returns ``config``, ``path``, ``test_acc``, ``sparsity``, ``history`` and ``state`` (weights).
     """
     store = store or RunStore()
     if store.is_done(cfg):
@@ -325,19 +243,20 @@ def train_run(cfg: RunConfig, store: RunStore | None = None, data: Dataset | Non
     parent_state = _parent_state(cfg, store)
     store.begin(cfg)
     ckpt = store.load_checkpoint(cfg)
-    if ckpt and ckpt.get("threads"):
-        threads = ckpt["threads"]  # a resume computes with the thread count it started with
-    threads = threads or (torch.get_num_threads() if device.type == "cuda" else 1)
+    threads = ((ckpt or {}).get("threads")  # a resume computes with the count it started with
+               or threads or (torch.get_num_threads() if device.type == "cuda" else 1))
     data = data or load_for_config(cfg, data_root)
     t_start = time.time()
-    with _Threads(threads), CudaDeterminism(device, cudnn_benchmark):
+    with _threads(threads), CudaDeterminism(device, cudnn_benchmark):
         summary = _train(cfg, store, data, device, parent_state, ckpt, progress, threads,
                          list(callbacks), compile_network=compile)
     env = run_env(cfg, device, threads, cudnn_benchmark, compile) | {
         "wall_seconds": time.time() - t_start}
     store.finish(cfg, summary.pop("state"), summary, summary.pop("logits"), summary.pop("features"),
                  env=env)
-    _call(callbacks, "after_run", summary)
+    for cb in callbacks:
+        if getattr(cb, "after_run", None) is not None:
+            cb.after_run(summary)
     return load_run(cfg, store)
 
 
@@ -375,34 +294,31 @@ def _train(cfg: RunConfig, store: RunStore, data: Dataset, device: torch.device,
     run_name = (f"run {cfg.run_hash()} ({cfg.method}/{cfg.schedule}"
                 f"{'' if cfg.pruning == 'none' else f'@{cfg.sparsity}'} seed {cfg.seed})")
     check_config(cfg, run_name)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(total=sum(s.optim(cfg).epochs for s in specs), desc=run_name[4:],
-                   file=sys.stdout, mininterval=10, leave=True)
-        bar.update(len(history))
-    # run the phases
+    bar = tqdm(total=sum(s.optim(cfg).epochs for s in specs), initial=len(history), desc=run_name[4:],
+               file=sys.stdout, mininterval=10, leave=True, disable=not progress)
+    # run the phases; ``compile_network``: every phase's loss runs the trunk (CE through forward,
+    # the others through features), so compiling it speeds all up; the state-dict names stay eager
     if compile_network:
-        _compile_network(net)
+        net._trunk = torch.compile(net._trunk)
     try:
-        for pid, spec in enumerate(specs):
-            if pid < resume_phase:
-                continue
+        for pid, spec in enumerate(specs[resume_phase:], resume_phase):
             phase = build_phase(cfg, spec, model, net, train, device)
             phase.callbacks += [_Checkpoint(cfg, store, model, net, phase, history, events, threads),
-                                *callbacks, *([_Progress(bar)] if bar is not None else [])]
+                                *callbacks, _Progress(bar)]
             start, opt_state = 0, None
             if ckpt and pid == resume_phase:
                 start, opt_state = ckpt["epoch"], ckpt["opt"]
-                _load_states(phase.callbacks, ckpt)
+                states = ckpt.get("callbacks") or ([ckpt["pruner"]] if ckpt.get("pruner") else [])
+                for cb, state in zip(_stateful(phase.callbacks), states, strict=False):  # old: pruner only
+                    cb.load_state_dict(state)
             fit(phase, train, cfg.seed, pid, device, start_epoch=start, opt_state=opt_state,
                 run_name=run_name)
             ckpt = None
     finally:
-        _uncompile_network(net)
-        if bar is not None:
-            bar.close()
+        net.__dict__.pop("_trunk", None)  # evaluation (and anything after training) runs eagerly
+        bar.close()
     # evaluate (always fp32)
     logits, features = predict(net, data.test.images, device)
     acc = float((logits.argmax(1) == data.test.labels).float().mean())

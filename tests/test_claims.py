@@ -233,7 +233,7 @@ def test_claim3_known_slope_every_point_and_flip():
     t = pd.DataFrame(claims.claim_3(ev))
     main = t[t.decides.astype(bool)].iloc[0]
     dense = ev.preds[PopKey.dense("ce")]
-    counts = [claims.pie_count(dense, ev.preds[k], K) for k in sorted(ev.onset, key=ev.onset.get)]
+    counts = [claim_stats.pie_count(dense, ev.preds[k], K) for k in sorted(ev.onset, key=ev.onset.get)]
     assert main.estimate == pytest.approx(np.polyfit(BEGINS, counts, 1)[0])
     assert -800 < main.estimate < -600  # -400 PIEs over 0.59 of training
     assert main.verdict == HOLDS

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_lease import read_log
 
 from pcl import study
 from pcl.config import RunConfig
 from pcl.executors import RunsFailedError
-from pcl.lease import LEASE_NAME, read_lease, read_log
+from pcl.lease import LEASE_NAME, read_lease
 from pcl.store import RunStore
 
 pytestmark = [pytest.mark.cluster, pytest.mark.skipif(

@@ -136,7 +136,7 @@ def test_umap_cached_under_a_stable_key(store, smoke, monkeypatch):
 def test_study_table_is_cached_and_rebuilt_when_a_run_finishes(store, smoke, monkeypatch):
     """Computed once per set of finished runs: a second call reads the cache (the builder is not
     called again); another finished run invalidates it; the cache never makes the store invalid."""
-    from pcl.clean_runs import is_run_store
+    from pcl.clean_runs import not_a_store_reason
     from pcl.data import Dataset, Split
 
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
@@ -153,6 +153,6 @@ def test_study_table_is_cached_and_rebuilt_when_a_run_finishes(store, smoke, mon
     third = evaluate.study_table("pies", smoke, store, data=data)
     assert len(calls) == 2 and "oneshot" in set(third.schedule)
     assert len(list((store.root / ".tables").glob("*-pies-*.pkl"))) == 1  # superseded one removed
-    assert is_run_store(store.root)
+    assert not_a_store_reason(store.root) is None
     with pytest.raises(ValueError, match="unknown table 'bogus'"):
         evaluate.study_table("bogus", smoke, store)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_lease import read_log
 
 from pcl import study
 from pcl.config import RunConfig
 from pcl.executor_options import check_options, make_submitit_executor, parse_minutes, parse_sbatch_extra
 from pcl.executors import RunsFailedError
-from pcl.lease import LEASE_NAME, read_lease, read_log
+from pcl.lease import LEASE_NAME, read_lease
 from pcl.plan import Plan
 from pcl.store import CorruptRunError, RunStore
 
@@ -144,9 +145,6 @@ def test_corrupt_finished_runs_are_named_or_retrained_never_skipped(tmp_path, da
     msg = str(ei.value)
     assert "1 finished runs" in msg and str(bad) in msg and "retrain_corrupt" in msg
     assert str(store.path(other)) not in msg
-    if damage == "config.json":
-        with pytest.raises(CorruptRunError, match=str(bad)):
-            store.finished()
     out = study.run_all([cfg, other], store, workers=1, progress=False,
                         executor_options={"retrain_corrupt": True})
     assert [(r["hash"], r["trained"]) for r in out] == [(cfg.run_hash(), True)]

@@ -32,13 +32,13 @@ FLOOR = np.array([[0, 1, 2, 0],
 
 # the rule applied to one configuration (what a panel shows, before its cap)
 def select_pies(images, method, schedule, sparsity, n=24):
-    gallery._check_n(n)
+    gallery._check(images, n)
     rows = gallery.config_rows(images, method, schedule, sparsity)
     return rows["image"].to_numpy()[gallery.rank(rows, rows["pie"].to_numpy(bool))[:n]]
 
 
 def select_unique(images, lost_by, kept_by, schedule, sparsity, n=24):
-    gallery._check_n(n)
+    gallery._check(images, n)
     rows, mask = gallery.unique_mask(images, lost_by, kept_by, schedule, sparsity)
     return rows["image"].to_numpy()[gallery.rank(rows, mask)[:n]]
 

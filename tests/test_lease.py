@@ -12,9 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from pcl.lease import LEASE_NAME, Lease, LeaseCallback, LeaseLostError, _pid_namespace, read_lease, read_log
+from pcl.lease import LEASE_NAME, LOG_NAME, Lease, LeaseCallback, LeaseLostError, _pid_namespace, read_lease
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The events of ``<run_dir>/LEASE.log`` (unparseable lines are skipped); also used by
+    test_executors and test_cluster."""
+    p = Path(run_dir) / LOG_NAME
+    out = []
+    for line in p.read_text().splitlines() if p.exists() else []:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def _write(path: Path, **fields) -> dict:

@@ -105,7 +105,10 @@ def _store(root: Path) -> Path:
 
 
 def test_not_a_store_reason_constructed_cases(tmp_path):
-    from pcl.clean_runs import is_run_store, not_a_store_reason
+    from pcl.clean_runs import not_a_store_reason
+
+    def is_run_store(d):
+        return not_a_store_reason(d) is None
 
     store = _store(tmp_path / "store")
     assert not_a_store_reason(store) is None and is_run_store(store)

@@ -137,25 +137,6 @@ def test_pie_overlap_hand_sets():
         M.pie_overlap(a, b[:9])
 
 
-def test_jaccard_matrix_hand_sets():
-    masks = {
-        "x": np.array([1, 1, 0, 0, 0], bool),
-        "y": np.array([0, 1, 1, 0, 0], bool),
-        "z": np.array([0, 0, 0, 0, 1], bool),
-    }
-    df = M.jaccard_matrix(masks)
-    assert list(df.index) == ["x", "y", "z"] and list(df.columns) == ["x", "y", "z"]
-    expected = np.array(
-        [
-            [1.0, 1 / 3, 0.0],  # x&y={1}, x|y={0,1,2}
-            [1 / 3, 1.0, 0.0],
-            [0.0, 0.0, 1.0],
-        ]
-    )
-    np.testing.assert_allclose(df.to_numpy(), expected)
-    assert df.loc["x", "y"] == pytest.approx(M.pie_overlap(masks["x"], masks["y"])["jaccard"])
-
-
 def test_per_class_counts_vs_loop():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 10, size=500)
@@ -362,7 +343,7 @@ def test_prediction_depth_label_variant():
 
 
 # --------------------------------------------------------------------------
-# bootstrap
+# UMAP
 # --------------------------------------------------------------------------
 def test_umap_embedding_shape_and_determinism():
     pytest.importorskip("umap")

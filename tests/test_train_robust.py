@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import pcl.train as TR
+from pcl.augment import eval_transform
+from pcl.models import channels_last
 from pcl.presets import get_preset
 from pcl.store import RunStore
 
@@ -136,7 +138,7 @@ def test_bf16_training_keeps_fp32_evaluation(tmp_path):
 
     data = load_for_config(cfg)
     with torch.no_grad():
-        expect = net(TR.channels_last(TR.augment.eval_transform(data.test.images))).float()
+        expect = net(channels_last(eval_transform(data.test.images))).float()
     assert torch.allclose(logits, expect, atol=1e-5, rtol=1e-5)
     assert json.loads((store.path(cfg) / "env.json").read_text())["precision"] == "bf16"
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in r["history"]["epochs"])
