@@ -323,7 +323,7 @@ def load_evidence(preset, store, data=None, confidence: float = intervals.CONFID
 
     pops = evaluate.populations(preset, store)
     preds = {key: evaluate.predictions(store, cfgs) for key, cfgs in pops.items()}
-    runs = evaluate.run_table(preset, store)
+    runs = evaluate.study_table("runs", preset, store)  # cached: notebook 04 built it
     accuracy = runs[runs.schedule == "dense"].groupby("method").test_acc.mean().to_dict()
     begins = evaluate.onset_begins(preset)
     onset = {key: cfgs[0].gmp_window for key, cfgs in pops.items()
